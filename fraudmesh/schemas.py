@@ -1,0 +1,160 @@
+"""The messages that cross the mesh: payment in, decision out, labels back.
+
+Contracts:
+- Timestamps are timezone-aware UTC ``datetime`` values; unix seconds on the wire.
+- Amounts are integers in the currency's minor unit on the wire (``amount``), and
+  ``Payment.amount`` is the same value in major units, which is what features and
+  the model see.
+- Identifiers are opaque strings. The public data set's integer ids map to
+  ``cus_<n>``, ``term_<n>`` and ``pi_<n>`` (see :mod:`fraudmesh.dataset`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from fraudmesh.currency import is_known_currency, to_major
+
+Identifier = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)
+]
+CountryCode = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z]{2}$", to_upper=True)
+]
+
+# Stripe's own ceiling for a PaymentIntent amount (99,999,999 in minor units).
+MAX_AMOUNT_MINOR = 99_999_999
+
+
+class Decision(StrEnum):
+    ALLOW = "allow"
+    CHALLENGE = "challenge"
+    REVIEW = "review"
+    BLOCK = "block"
+
+
+class Signals(BaseModel):
+    """Optional context a merchant may send with a payment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    card_country: CountryCode | None = None
+    ip_country: CountryCode | None = None
+    email_domain: Annotated[str, StringConstraints(max_length=255)] | None = None
+    device_id_hash: Annotated[str, StringConstraints(max_length=128)] | None = None
+
+
+class PaymentMetadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    terminal_id: Identifier
+
+
+class PaymentRequest(BaseModel):
+    """``POST /v1/score`` body: a payment shaped like a Stripe PaymentIntent."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: Identifier
+    amount: int = Field(ge=0, le=MAX_AMOUNT_MINOR, description="minor units")
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$")]
+    customer: Identifier
+    created: int = Field(ge=0, description="unix seconds, UTC")
+    metadata: PaymentMetadata
+    signals: Signals = Field(default_factory=Signals)
+
+    @field_validator("currency")
+    @classmethod
+    def _known_currency(cls, value: str) -> str:
+        if not is_known_currency(value):
+            raise ValueError(f"unknown currency {value!r}; use an ISO 4217 code")
+        return value.lower()
+
+
+class Payment(BaseModel):
+    """A validated payment in canonical form, as Ingest hands it on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    payment_id: str
+    customer_id: str
+    terminal_id: str
+    amount_minor: int
+    currency: str
+    amount: float = Field(description="major units of `currency`")
+    created: datetime
+    signals: Signals = Field(default_factory=Signals)
+
+    @model_validator(mode="after")
+    def _utc(self) -> Payment:
+        if self.created.tzinfo is None:
+            raise ValueError("created must be timezone-aware (UTC)")
+        return self
+
+    @classmethod
+    def from_request(cls, request: PaymentRequest) -> Payment:
+        return cls(
+            payment_id=request.id,
+            customer_id=request.customer,
+            terminal_id=request.metadata.terminal_id,
+            amount_minor=request.amount,
+            currency=request.currency,
+            amount=to_major(request.amount, request.currency),
+            created=datetime.fromtimestamp(request.created, tz=UTC),
+            signals=request.signals,
+        )
+
+
+class ScoreResponse(BaseModel):
+    """What ``POST /v1/score`` answers for one payment."""
+
+    payment_id: str
+    score: float = Field(ge=0.0, le=1.0)
+    decision: Decision
+    reasons: list[str]
+    model_version: str
+    trace_id: str | None = None
+    actuation_mode: str
+    action: dict | None = Field(
+        default=None, description="the Stripe call the decision implies"
+    )
+    duplicate: bool = Field(
+        default=False, description="true when this payment id was scored before"
+    )
+
+
+class LabelSource(StrEnum):
+    DISPUTE = "dispute"
+    EARLY_FRAUD_WARNING = "early_fraud_warning"
+    REFUND = "refund"
+    ANALYST = "analyst"
+    REPLAY = "replay"
+
+
+class Label(BaseModel):
+    """A fraud (or genuine) label for a payment scored earlier.
+
+    ``event_time`` is when the fact happened (the dispute was opened);
+    ``arrival_time`` is when fraudmesh learnt it. Features only use labels of
+    payments older than the label delay.
+    """
+
+    payment_id: Identifier
+    is_fraud: bool
+    source: LabelSource
+    event_time: datetime
+    arrival_time: datetime | None = None
+    customer_id: str | None = None
+    terminal_id: str | None = None
+    payment_created: datetime | None = None
