@@ -37,7 +37,7 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(
         default=Path(".fraudmesh"),
-        description="FRAUDMESH_STATE_DIR: registry, online store file, models, reports.",
+        description="FRAUDMESH_STATE_DIR: registry, online store, models, reports.",
     )
     redis_url: str | None = Field(
         default=None,

@@ -85,16 +85,34 @@ def load_transactions(
             raise DataError("required column is missing", path=path, column=column)
         _check_type(path, schema, column, kind)
 
-    columns = list(REQUIRED_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in schema.names]
+    columns = list(REQUIRED_COLUMNS) + [
+        c for c in OPTIONAL_COLUMNS if c in schema.names
+    ]
     filters = []
     if start is not None:
-        filters.append(("tx_datetime", ">=", pd.Timestamp(start).tz_localize(None)
-                        if pd.Timestamp(start).tzinfo else pd.Timestamp(start)))
+        filters.append(
+            (
+                "tx_datetime",
+                ">=",
+                pd.Timestamp(start).tz_localize(None)
+                if pd.Timestamp(start).tzinfo
+                else pd.Timestamp(start),
+            )
+        )
     if end is not None:
-        filters.append(("tx_datetime", "<", pd.Timestamp(end).tz_localize(None)
-                        if pd.Timestamp(end).tzinfo else pd.Timestamp(end)))
+        filters.append(
+            (
+                "tx_datetime",
+                "<",
+                pd.Timestamp(end).tz_localize(None)
+                if pd.Timestamp(end).tzinfo
+                else pd.Timestamp(end),
+            )
+        )
     try:
-        frame = pq.read_table(path, columns=columns, filters=filters or None).to_pandas()
+        frame = pq.read_table(
+            path, columns=columns, filters=filters or None
+        ).to_pandas()
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"could not read ({exc})", path=path) from exc
 
@@ -105,8 +123,9 @@ def load_transactions(
         frame["tx_datetime"] = times.dt.tz_convert(UTC)
     if frame["tx_amount"].isna().any() or (frame["tx_amount"] < 0).any():
         bad = int(frame.index[frame["tx_amount"].isna() | (frame["tx_amount"] < 0)][0])
-        raise DataError("amount is missing or negative", path=path, column="tx_amount",
-                        row=bad)
+        raise DataError(
+            "amount is missing or negative", path=path, column="tx_amount", row=bad
+        )
     if not frame["tx_fraud"].isin([0, 1]).all():
         raise DataError("labels must be 0 or 1", path=path, column="tx_fraud")
 
@@ -123,7 +142,9 @@ def parse_day(value: str, *, option: str) -> date:
     try:
         return date.fromisoformat(value.strip())
     except ValueError as exc:
-        raise DataError(f"{option}: {value!r} is not a date of the form YYYY-MM-DD") from exc
+        raise DataError(
+            f"{option}: {value!r} is not a date of the form YYYY-MM-DD"
+        ) from exc
 
 
 def day_start(day: date) -> datetime:

@@ -29,9 +29,7 @@ from fraudmesh.currency import is_known_currency, to_major
 Identifier = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)
 ]
-CountryCode = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z]{2}$", to_upper=True)
-]
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$", to_upper=True)]
 
 # Stripe's own ceiling for a PaymentIntent amount (99,999,999 in minor units).
 MAX_AMOUNT_MINOR = 99_999_999

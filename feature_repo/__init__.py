@@ -1,0 +1,1 @@
+"""Feature definitions: Feast objects and the pure functions behind them."""

@@ -1,0 +1,1 @@
+"""The fraud model: a PyTorch sequence model, its training, artefacts and metrics."""

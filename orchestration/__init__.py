@@ -1,0 +1,2 @@
+"""Graph building, the `fraudmesh` CLI, jobs (training, backtest, feature
+materialisation) and replay."""

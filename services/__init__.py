@@ -1,0 +1,4 @@
+"""The Ray Serve deployments of the mesh, one per module.
+
+ingest -> features -> model -> policy -> actuation, behind the HTTP ingress.
+"""
