@@ -65,7 +65,7 @@ def hop(
     *,
     kind: SpanKind = SpanKind.SERVER,
 ) -> Iterator[Hop]:
-    """A span for one hop, child of ``carrier``'s context; yields the carrier to pass on.
+    """A span for one hop under ``carrier``'s context; yields the carrier to pass on.
 
     An exception leaving the block is recorded on the span (status error) and
     re-raised.
@@ -90,7 +90,9 @@ def hop(
 
 
 @contextmanager
-def client_span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span]:
+def client_span(
+    name: str, attributes: Mapping[str, Any] | None = None
+) -> Iterator[Span]:
     """A client span (Redis, Feast, Stripe) under the current span."""
     with tracer().start_as_current_span(
         name, kind=SpanKind.CLIENT, attributes=dict(attributes or {})
