@@ -43,5 +43,21 @@ def plan_action(payment: Payment, decision: Decision) -> dict:
 
 @serve.deployment
 class Actuation:
-    async def act(self, payment: Payment, decision: Decision, score: float) -> dict:
+    async def act(
+        self,
+        payment: Payment,
+        decision: Decision,
+        score: float,
+        carrier: dict[str, str] | None = None,
+    ) -> dict:
         return plan_action(payment, decision)
+
+    async def act_many(
+        self,
+        payments: list[Payment],
+        decisions: list[Decision],
+        scores: list[float],
+        carrier: dict[str, str] | None = None,
+    ) -> list[dict]:
+        """One call for a batch (the batch endpoint): a record per payment, in order."""
+        return [plan_action(p, d) for p, d in zip(payments, decisions, strict=True)]

@@ -54,11 +54,17 @@ class Features:
     def __init__(self, redis_url: str) -> None:
         self._client = FeatureClient(redis_url)
 
-    async def lookup(self, payments: list[Payment]) -> list[ModelInput]:
+    async def lookup(
+        self, payments: list[Payment], carrier: dict[str, str] | None = None
+    ) -> list[ModelInput]:
         return await self._client.lookup(payments)
 
-    async def record(self, payments: list[Payment]) -> None:
+    async def record(
+        self, payments: list[Payment], carrier: dict[str, str] | None = None
+    ) -> None:
         await self._client.record(payments)
 
-    async def record_labels(self, labels: list[Label]) -> None:
+    async def record_labels(
+        self, labels: list[Label], carrier: dict[str, str] | None = None
+    ) -> None:
         await self._client.record_labels(labels)
