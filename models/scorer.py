@@ -1,14 +1,20 @@
-"""CONTRACT STUB, to be replaced by the model work (issue 2).
+"""``Scorer``: what serving and the backtest call to score payments.
 
-``Scorer`` is what serving and the backtest call:
-
-- ``Scorer.load(models_dir)`` loads the newest artefact (or a given version dir) and
-  refuses one whose feature lists differ from ``feature_repo.transforms``.
+- ``Scorer.load(models_dir | version_dir)`` loads the newest artefact under a models
+  directory (or the given version directory) and refuses, with an
+  :class:`~fraudmesh.errors.ArtifactError` naming the directory and the differing
+  features, one whose feature lists differ from ``feature_repo.transforms``.
 - ``scorer.version``: the artefact version string.
-- ``scorer.predict(static [B, F], sequence [B, N, E], lengths [B]) -> float32 [B]``,
-  fraud probabilities in [0, 1], in input order.
-- ``scorer.explain(static, sequence, lengths, top_k=3)``: per row, the static
-  features that pushed the score up most, as ``[(feature_name, contribution)]``.
+- ``scorer.predict(static [B, F], sequence [B, N, E], lengths [B]) -> float32 [B]``:
+  fraud probabilities in [0, 1], in input order. Raw (unnormalised) features.
+- ``scorer.explain(static, sequence, lengths, top_k=3)``: per row, up to ``top_k``
+  static features that pushed the score *up*, as ``[(feature_name, contribution)]``
+  with contributions in logit units (gradient x normalised input, one backward pass
+  per batch), largest first; an empty list when nothing pushed it up.
+- ``find_latest(models_dir) -> Path | None``: the newest version directory.
+
+Thread safety: a Scorer holds no per-call state, but torch modules are not meant
+for concurrent calls from several threads; serve one call at a time per replica.
 """
 
 from __future__ import annotations
@@ -16,19 +22,108 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from fraudmesh.errors import ArtifactError
+from models.artifact import find_latest, load_artifact
+from models.network import FraudNet
+from models.training import Normaliser
+
+__all__ = ["Scorer", "find_latest"]
 
 
 class Scorer:
-    version = "stub-0"
+    """A loaded fraud model; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        net: FraudNet,
+        normaliser: Normaliser,
+        static_features: list[str],
+        *,
+        version: str,
+        path: Path | None = None,
+        history_length: int | None = None,
+    ) -> None:
+        self.net = net.eval()
+        self.normaliser = normaliser
+        self.static_features = list(static_features)
+        self.version = version
+        self.path = path
+        self.history_length = history_length
 
     @classmethod
-    def load(cls, models_dir: str | Path) -> Scorer:
-        return cls()
+    def load(cls, models_dir: str | Path, *, num_threads: int | None = None) -> Scorer:
+        """Load an artefact; ``num_threads`` sets torch's (process-wide) threads."""
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        artifact = load_artifact(models_dir)
+        meta = artifact.metadata
+        try:
+            spec = meta["network"]
+            net = FraudNet(
+                int(spec["n_static"]),
+                int(spec["n_sequence"]),
+                encoder=spec["encoder"],
+                hidden=int(spec["hidden"]),
+                static_hidden=int(spec["static_hidden"]),
+                dropout=float(spec["dropout"]),
+            )
+            net.load_state_dict(artifact.state_dict)
+            normaliser = Normaliser.from_dict(meta["normalisation"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ArtifactError(
+                f"metadata and weights do not fit together ({exc})",
+                path=artifact.path,
+            ) from exc
+        return cls(
+            net,
+            normaliser,
+            meta["static_features"],
+            version=artifact.version,
+            path=artifact.path,
+            history_length=meta.get("history_length"),
+        )
+
+    def _inputs(
+        self, static: np.ndarray, sequence: np.ndarray, lengths: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        static = np.asarray(static, dtype=np.float32)
+        sequence = np.asarray(sequence, dtype=np.float32)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        b = static.shape[0] if static.ndim == 2 else -1
+        if (
+            static.ndim != 2
+            or static.shape[1] != len(self.static_features)
+            or sequence.ndim != 3
+            or sequence.shape[0] != b
+            or sequence.shape[2] != len(self.normaliser.sequence_mean)
+            or lengths.shape != (b,)
+        ):
+            raise ArtifactError(
+                f"inputs of shapes static {static.shape}, sequence {sequence.shape}, "
+                f"lengths {lengths.shape} do not fit model {self.version} "
+                f"(expects [B, {len(self.static_features)}], "
+                f"[B, N, {len(self.normaliser.sequence_mean)}], [B])",
+                path=self.path,
+            )
+        lengths = np.clip(lengths, 0, sequence.shape[1])
+        static_n, seq_n = self.normaliser.apply(static, sequence, lengths)
+        return (
+            torch.from_numpy(static_n),
+            torch.from_numpy(seq_n),
+            torch.from_numpy(lengths),
+        )
 
     def predict(
         self, static: np.ndarray, sequence: np.ndarray, lengths: np.ndarray
     ) -> np.ndarray:
-        return np.clip(static[:, 0] / 500.0, 0.0, 1.0).astype(np.float32)
+        """Fraud probabilities float32 [B], in input order."""
+        if len(static) == 0:
+            return np.zeros(0, dtype=np.float32)
+        s, q, n = self._inputs(static, sequence, lengths)
+        with torch.inference_mode():
+            return torch.sigmoid(self.net(s, q, n)).numpy().astype(np.float32)
 
     def explain(
         self,
@@ -37,4 +132,19 @@ class Scorer:
         lengths: np.ndarray,
         top_k: int = 3,
     ) -> list[list[tuple[str, float]]]:
-        return [[("amount", float(row[0]))] for row in static]
+        """Per row, the static features that raised the logit most (grad x input)."""
+        if len(static) == 0:
+            return []
+        s, q, n = self._inputs(static, sequence, lengths)
+        s = s.clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.net(s, q, n)
+            (grad,) = torch.autograd.grad(logits.sum(), s)
+        contrib = (grad * s.detach()).numpy()
+        result: list[list[tuple[str, float]]] = []
+        for row in contrib:
+            order = np.argsort(-row, kind="stable")[:top_k]
+            result.append(
+                [(self.static_features[j], float(row[j])) for j in order if row[j] > 0]
+            )
+        return result
