@@ -12,6 +12,8 @@ import os
 
 import pytest
 
+from tests.otlp_receiver import otlp_receiver  # noqa: F401 (session fixture)
+
 TEST_REDIS_URL = os.environ.get("FRAUDMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 

@@ -1,0 +1,134 @@
+"""Log lines that name their payment's trace: a filter, a JSON format.
+
+:class:`TraceContextFilter` adds to every record it sees:
+
+- ``trace_id``: the current span's 32-hex trace id (``-`` outside a trace),
+- ``span_id``: the current span id (``-``),
+- ``payment_hash``: the hashed payment id of the current hop, from the W3C
+  baggage the hops carry (``-`` when the hop is not about one payment),
+- ``deployment``: the Ray Serve deployment (or process) name.
+
+Call sites do nothing: ``log.warning("lookup failed for %d payments", n)`` inside
+a :func:`fraudmesh.tracing.hop` comes out with the trace id of that payment.
+:func:`fraudmesh.tracing.setup_tracing` installs the filter on the root
+logger's handlers; :func:`setup_logging` sets up a handler for processes that
+have none, as text or JSON (``FRAUDMESH_LOG_FORMAT=json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from fraudmesh import tracing
+
+__all__ = ["JsonFormatter", "TEXT_FORMAT", "TraceContextFilter", "setup_logging"]
+
+TEXT_FORMAT = (
+    "%(asctime)s %(levelname)s %(name)s [%(deployment)s trace=%(trace_id)s "
+    "payment=%(payment_hash)s] %(message)s"
+)
+_FIELDS = ("trace_id", "span_id", "payment_hash", "deployment")
+
+
+class TraceContextFilter(logging.Filter):
+    """Adds trace id, span id, hashed payment id and deployment to each record.
+
+    Never drops a record. A field already set on the record (``extra=``) is
+    kept.
+    """
+
+    def __init__(self, deployment: str | None = None) -> None:
+        super().__init__()
+        self.deployment = deployment or "-"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "trace_id", None) is None:
+            record.trace_id = tracing.current_trace_id() or "-"
+        if getattr(record, "span_id", None) is None:
+            record.span_id = tracing.current_span_id() or "-"
+        if getattr(record, "payment_hash", None) is None:
+            record.payment_hash = tracing.current_payment_hash() or "-"
+        if getattr(record, "deployment", None) is None:
+            record.deployment = self.deployment
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC), level, logger, message, trace fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in _FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def _has_filter(handler: logging.Handler) -> TraceContextFilter | None:
+    for existing in handler.filters:
+        if isinstance(existing, TraceContextFilter):
+            return existing
+    return None
+
+
+def install_filter(deployment: str | None = None) -> None:
+    """Put a :class:`TraceContextFilter` on every root handler (once each).
+
+    Handlers of the ``ray.serve`` logger get one too; :func:`setup_logging`
+    adds its handler with one.
+    """
+    global _DEPLOYMENT
+    _DEPLOYMENT = deployment or _DEPLOYMENT
+    # Ray Serve's replica logger has its own handlers (the replica log file);
+    # lines logged through it carry the trace fields too.
+    handlers = logging.getLogger().handlers + logging.getLogger("ray.serve").handlers
+    for handler in handlers:
+        existing = _has_filter(handler)
+        if existing is None:
+            handler.addFilter(TraceContextFilter(_DEPLOYMENT))
+        elif deployment:
+            existing.deployment = deployment
+
+
+_DEPLOYMENT: str | None = None
+
+
+def setup_logging(
+    level: int | str = logging.INFO,
+    *,
+    json_format: bool | None = None,
+    deployment: str | None = None,
+) -> logging.Handler:
+    """A stderr handler on the root logger with the trace filter; returns it.
+
+    ``json_format`` None reads ``FRAUDMESH_LOG_FORMAT`` (``json`` or ``text``,
+    default text). Calling it again replaces the handler it added before.
+    """
+    if json_format is None:
+        json_format = os.environ.get("FRAUDMESH_LOG_FORMAT", "text").lower() == "json"
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_fraudmesh", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._fraudmesh = True  # type: ignore[attr-defined]
+    handler.setFormatter(
+        JsonFormatter() if json_format else logging.Formatter(TEXT_FORMAT)
+    )
+    handler.addFilter(TraceContextFilter(deployment or _DEPLOYMENT))
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler

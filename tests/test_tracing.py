@@ -1,0 +1,352 @@
+"""Unit tests of fraudmesh.tracing and fraudmesh.logging (no Ray, no cluster).
+
+Spans are collected with the SDK's own in-memory exporter where the test is
+about span structure, and sent over real OTLP/HTTP to the test receiver where
+the test is about export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+from opentelemetry.trace import SpanKind, StatusCode
+
+from fraudmesh import tracing
+from fraudmesh.errors import ConfigError
+from fraudmesh.logging import JsonFormatter, TraceContextFilter
+from tests.otlp_receiver import OtlpReceiver
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_PARENT = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def memory() -> InMemorySpanExporter:
+    """A recording provider installed as fraudmesh's for one test."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing._install(provider, exporting=True)
+    yield exporter
+    tracing._uninstall()
+
+
+def _processors(provider: TracerProvider) -> tuple:
+    return provider._active_span_processor._span_processors
+
+
+# ---------------------------------------------------------------- setup
+
+
+def test_no_endpoint_means_no_exporter_and_no_recording() -> None:
+    provider, exporting = tracing._build_provider("ingest", {}, {})
+    assert not exporting
+    assert _processors(provider) == ()
+    assert provider.sampler is ALWAYS_OFF
+    span = provider.get_tracer("t").start_span("x")
+    # Not recorded, yet it has a real trace id for responses and logs.
+    assert not span.is_recording()
+    assert span.get_span_context().is_valid
+
+
+def test_http_endpoint_installs_batch_processor_with_http_exporter() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
+    provider, exporting = tracing._build_provider("ingest", {}, env)
+    assert exporting
+    (processor,) = _processors(provider)
+    assert type(processor).__name__ == "BatchSpanProcessor"
+    exporter = processor._batch_processor._exporter._inner
+    assert type(exporter).__module__.endswith("proto.http.trace_exporter")
+    assert isinstance(provider.sampler, ParentBased)
+    provider.shutdown()
+
+
+def test_grpc_protocol_selects_grpc_exporter() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4317",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    }
+    exporter = tracing._build_exporter(env)
+    assert type(exporter).__module__.endswith("proto.grpc.trace_exporter")
+    exporter.shutdown()
+
+
+def test_unknown_protocol_is_a_config_error_naming_the_variable() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+    }
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL.*http/json"):
+        tracing._build_exporter(env)
+
+
+def test_resource_names_service_and_model_version(monkeypatch) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    resource = tracing._build_resource("model", {"model_version": "v7"}, {})
+    assert resource.attributes["service.name"] == "model"
+    assert resource.attributes["service.namespace"] == "fraudmesh"
+    assert resource.attributes["fraudmesh.model.version"] == "v7"
+
+
+def test_otel_service_name_overrides_code(monkeypatch) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "fraudmesh-staging")
+    env = {"OTEL_SERVICE_NAME": "fraudmesh-staging"}
+    resource = tracing._build_resource("model", {}, env)
+    assert resource.attributes["service.name"] == "fraudmesh-staging"
+
+
+def test_sampler_from_environment_is_honoured(monkeypatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    sampler = tracing._build_sampler({"OTEL_TRACES_SAMPLER": "x"})
+    assert "0.25" in sampler.get_description()
+    default = tracing._build_sampler({})
+    assert "TraceIdRatioBased{1.0}" in default.get_description()
+
+
+# ---------------------------------------------------------------- propagation
+
+
+def test_hops_across_carriers_make_one_trace_with_a_parent_chain(memory) -> None:
+    with tracing.hop("ingress.score", None) as ingress:
+        first = ingress.carrier
+    # Each later hop runs "elsewhere": only the carrier links them.
+    with tracing.hop("ingest.normalise", first) as ingest:
+        pass
+    with tracing.hop("features.lookup", ingest.carrier) as features:
+        pass
+
+    spans = {s.name: s for s in memory.get_finished_spans()}
+    assert len({s.context.trace_id for s in spans.values()}) == 1
+    assert spans["ingress.score"].parent is None
+    assert spans["ingest.normalise"].parent.span_id == (
+        spans["ingress.score"].context.span_id
+    )
+    assert spans["features.lookup"].parent.span_id == (
+        spans["ingest.normalise"].context.span_id
+    )
+    assert spans["features.lookup"].kind is SpanKind.SERVER
+    assert features.trace_id == ingress.trace_id
+    assert "traceparent" in first
+
+
+def test_a_callers_traceparent_header_is_continued(memory) -> None:
+    headers = {
+        "traceparent": f"00-{CALLER_TRACE}-{CALLER_PARENT}-01",
+        "content-type": "application/json",
+    }
+    carrier = tracing.carrier_from_headers(headers)
+    assert set(carrier) == {"traceparent"}
+    with tracing.hop("ingress.score", carrier) as h:
+        assert h.trace_id == CALLER_TRACE
+    (span,) = memory.get_finished_spans()
+    assert format(span.parent.span_id, "016x") == CALLER_PARENT
+
+
+def test_a_garbled_traceparent_starts_a_new_trace(memory) -> None:
+    with tracing.hop("ingress.score", {"traceparent": "00-nonsense"}) as h:
+        assert h.trace_id not in (None, CALLER_TRACE)
+
+
+def test_payment_hash_travels_in_the_baggage(memory) -> None:
+    attrs = tracing.payment_attributes("pi_123")
+    with tracing.hop("ingress.score", None, attrs) as ingress:
+        pass
+    with tracing.hop("policy.decide", ingress.carrier):
+        assert tracing.current_payment_hash() == tracing.hash_id("pi_123")
+    assert tracing.current_payment_hash() is None
+
+
+def test_client_span_nests_under_the_hop(memory) -> None:
+    with (
+        tracing.hop("features.lookup", None),
+        tracing.client_span("redis.history.read", {"fraudmesh.batch_size": 2}),
+    ):
+        pass
+    client, server = memory.get_finished_spans()
+    assert client.kind is SpanKind.CLIENT
+    assert client.parent.span_id == server.context.span_id
+    assert client.attributes["fraudmesh.batch_size"] == 2
+
+
+def test_without_export_trace_ids_are_still_carried() -> None:
+    provider, _ = tracing._build_provider("ingress", {}, {})
+    tracing._install(provider, exporting=False)
+    try:
+        with tracing.hop("ingress.score", None) as first:
+            assert not first.span.is_recording()
+            assert tracing.current_trace_id() == first.trace_id
+        with tracing.hop("ingest.normalise", first.carrier) as second:
+            assert second.trace_id == first.trace_id
+    finally:
+        tracing._uninstall()
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_an_error_is_recorded_with_status_error_and_reraised(memory) -> None:
+    with (
+        pytest.raises(KeyError),
+        tracing.hop("model.score", None),
+        tracing.client_span("torch.predict"),
+    ):
+        raise KeyError("feature missing")
+    for span in memory.get_finished_spans():
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.status.description == "KeyError"
+        assert span.events[0].name == "exception"
+
+
+def test_a_successful_hop_leaves_status_unset(memory) -> None:
+    with tracing.hop("policy.decide", None) as h:
+        h.set(decision="block", score_bucket="0.9-1.0")
+    (span,) = memory.get_finished_spans()
+    assert span.status.status_code is StatusCode.UNSET
+    assert span.attributes["fraudmesh.decision"] == "block"
+
+
+# ---------------------------------------------------------------- scrubbing
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "card.number",
+        "fraudmesh.email",
+        "customer_email",
+        "client.ip",
+        "ip_address",
+        "stripe.api_key",
+        "webhook.secret",
+        "http.request.header.authorization",
+        "stripe.signature",
+        "billing.address",
+    ],
+)
+def test_forbidden_keys_are_dropped(key: str) -> None:
+    assert tracing.safe_attributes({key: "x", "fraudmesh.decision": "allow"}) == {
+        "fraudmesh.decision": "allow"
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "leak"),
+    [
+        ("customer jane.doe@example.com failed", "jane.doe@example.com"),
+        ("pan 4242 4242 4242 4242 used", "4242 4242 4242 4242"),
+        ("from 203.0.113.9", "203.0.113.9"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("key sk_test_51AbCdEf", "sk_test_51AbCdEf"),
+        ("whsec_abc123", "whsec_abc123"),
+        ("pi_12345 blocked", "pi_12345"),
+    ],
+)
+def test_forbidden_values_are_masked(value: str, leak: str) -> None:
+    cleaned = tracing.safe_attributes({"fraudmesh.note": value})["fraudmesh.note"]
+    assert leak not in cleaned
+
+
+def test_harmless_values_are_kept() -> None:
+    attrs = {
+        "fraudmesh.decision": "challenge",
+        "fraudmesh.score_bucket": "0.4-0.5",
+        "fraudmesh.reason": "card_country_mismatch",
+        "fraudmesh.model.version": "20260101T000000-abc",
+        "fraudmesh.batch_size": 64,
+        "fraudmesh.payment.id_hash": tracing.hash_id("pi_1"),
+        "fraudmesh.amount_minor": 1234567890123,
+        "server.address": "redis.internal",
+    }
+    assert tracing.safe_attributes(attrs) == attrs
+    assert tracing.find_forbidden(attrs) == []
+
+
+def test_exporter_scrubs_what_bypassed_the_helper() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(
+        SimpleSpanProcessor(tracing._ScrubbingExporter(exporter))
+    )
+    tracing._install(provider, exporting=True)
+    try:
+        with pytest.raises(ValueError), tracing.hop("ingest.normalise", None) as h:
+            h.span.set_attribute("customer.email", "a@b.example")
+            h.span.set_attribute("net.peer.name", "10.1.2.3")
+            raise ValueError("bad email a@b.example for pi_99")
+    finally:
+        tracing._uninstall()
+    (span,) = exporter.get_finished_spans()
+    assert "customer.email" not in span.attributes
+    assert span.attributes["net.peer.name"] == tracing.REDACTED
+    message = span.events[0].attributes["exception.message"]
+    assert "a@b.example" not in message and "pi_99" not in message
+
+
+# ---------------------------------------------------------------- logging
+
+
+def test_log_records_carry_trace_payment_and_deployment(memory) -> None:
+    context_filter = TraceContextFilter(deployment="Policy")
+    attrs = tracing.payment_attributes("pi_7")
+    with tracing.hop("policy.decide", None, attrs) as h:
+        record = logging.LogRecord("services.policy", logging.WARNING, "", 0,
+                                   "decided %s", ("block",), None)  # fmt: skip
+        assert context_filter.filter(record)
+    assert record.trace_id == h.trace_id
+    assert record.payment_hash == tracing.hash_id("pi_7")
+    assert record.deployment == "Policy"
+
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "decided block"
+    assert line["trace_id"] == h.trace_id
+    assert line["level"] == "WARNING"
+
+
+def test_log_records_outside_a_trace_get_placeholders() -> None:
+    record = logging.LogRecord("x", logging.INFO, "", 0, "m", (), None)
+    TraceContextFilter().filter(record)
+    assert (record.trace_id, record.payment_hash, record.deployment) == ("-",) * 3
+
+
+# ---------------------------------------------------------------- export
+
+
+def test_spans_reach_a_real_otlp_http_receiver_and_flush_on_shutdown() -> None:
+    receiver = OtlpReceiver().start()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    }
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            # A long schedule delay: only the shutdown flush can deliver.
+            mp.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
+            provider, exporting = tracing._build_provider(
+                "ingress", {"model_version": "v1"}, env
+            )
+        assert exporting
+        tracing._install(provider, exporting=True)
+        with tracing.hop("ingress.score", None, tracing.payment_attributes("pi_5")):
+            pass
+        tracing.shutdown_tracing()
+        tracing.shutdown_tracing()  # twice is fine
+        (span,) = receiver.wait_for(lambda s: len(s) >= 1, timeout_s=10)
+    finally:
+        tracing._uninstall()
+        receiver.stop()
+    assert span.name == "ingress.score"
+    assert span.kind == "server"
+    assert span.service == "ingress"
+    assert span.resource["fraudmesh.model.version"] == "v1"
+    assert span.attributes[tracing.PAYMENT_HASH_KEY] == tracing.hash_id("pi_5")
