@@ -64,6 +64,7 @@ __all__ = [
     "hop",
     "payment_attributes",
     "safe_attributes",
+    "score_bucket",
     "setup_tracing",
     "shutdown_tracing",
     "tracer",
@@ -73,7 +74,7 @@ _TRACER_NAME = "fraudmesh"
 _log = logging.getLogger(__name__)
 
 #: Span attribute and W3C baggage key holding the hashed payment id.
-PAYMENT_HASH_KEY = "fraudmesh.payment.id_hash"
+PAYMENT_HASH_KEY = "fraudmesh.payment_id_hash"
 
 _FLUSH_TIMEOUT_MS = 5_000
 _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
@@ -105,9 +106,9 @@ def setup_tracing(service_name: str, **resource_attributes: Any) -> None:
     Call it at the start of each process that makes spans: every Ray Serve
     replica (in its constructor) and the ingress. ``service_name`` is the
     service name unless ``OTEL_SERVICE_NAME`` is set. ``resource_attributes``
-    are added to the resource: ``model_version="v3"`` becomes
-    ``fraudmesh.model.version``, other plain names ``fraudmesh.<name>``, dotted
-    names stay as given. Inside a replica the deployment, application and
+    are added to the resource: plain names become ``fraudmesh.<name>``
+    (``model_version="v3"`` -> ``fraudmesh.model_version``), dotted names stay
+    as given. Inside a replica the deployment, application and
     replica id are added from ``serve.get_replica_context()``.
 
     Also installs the logging filter (:mod:`fraudmesh.logging`) on the root
@@ -247,8 +248,6 @@ def _build_resource(
 def _resource_key(name: str) -> str:
     if "." in name:
         return name
-    if name == "model_version":
-        return "fraudmesh.model.version"
     return f"fraudmesh.{name}"
 
 
@@ -546,6 +545,12 @@ def hash_id(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
+def score_bucket(score: float) -> str:
+    """The tenth ``score`` falls in, as ``"0.7-0.8"`` (``"0.9-1.0"`` for 1.0)."""
+    tenth = min(max(int(score * 10), 0), 9)
+    return f"{tenth / 10:.1f}-{(tenth + 1) / 10:.1f}"
+
+
 def payment_attributes(payment_id: str) -> dict[str, str]:
     """``{PAYMENT_HASH_KEY: hash_id(payment_id)}``, for a hop's attributes.
 
@@ -612,9 +617,15 @@ def hop(
     """
     # No carrier: under the current context (a new trace when there is none).
     parent = propagate.extract(carrier) if carrier else otel_context.get_current()
-    payment_hash = (attributes or {}).get(PAYMENT_HASH_KEY)
+    attributes = dict(attributes or {})
+    payment_hash = attributes.get(PAYMENT_HASH_KEY)
     if payment_hash:
         parent = baggage.set_baggage(PAYMENT_HASH_KEY, payment_hash, parent)
+    else:
+        # Every hop span of a single payment carries its hash (Jaeger tag search).
+        inherited = baggage.get_baggage(PAYMENT_HASH_KEY, parent)
+        if inherited:
+            attributes[PAYMENT_HASH_KEY] = str(inherited)
     token = otel_context.attach(parent)
     try:
         with _span(name, attributes, kind) as span:

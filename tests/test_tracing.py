@@ -93,7 +93,7 @@ def test_resource_names_service_and_model_version(monkeypatch) -> None:
     resource = tracing._build_resource("model", {"model_version": "v7"}, {})
     assert resource.attributes["service.name"] == "model"
     assert resource.attributes["service.namespace"] == "fraudmesh"
-    assert resource.attributes["fraudmesh.model.version"] == "v7"
+    assert resource.attributes["fraudmesh.model_version"] == "v7"
 
 
 def test_otel_service_name_overrides_code(monkeypatch) -> None:
@@ -163,6 +163,15 @@ def test_payment_hash_travels_in_the_baggage(memory) -> None:
     with tracing.hop("policy.decide", ingress.carrier):
         assert tracing.current_payment_hash() == tracing.hash_id("pi_123")
     assert tracing.current_payment_hash() is None
+    for span in memory.get_finished_spans():
+        assert span.attributes[tracing.PAYMENT_HASH_KEY] == tracing.hash_id("pi_123")
+
+
+@pytest.mark.parametrize(
+    ("score", "bucket"), [(0.0, "0.0-0.1"), (0.42, "0.4-0.5"), (1.0, "0.9-1.0")]
+)
+def test_score_bucket(score: float, bucket: str) -> None:
+    assert tracing.score_bucket(score) == bucket
 
 
 def test_client_span_nests_under_the_hop(memory) -> None:
@@ -260,9 +269,9 @@ def test_harmless_values_are_kept() -> None:
         "fraudmesh.decision": "challenge",
         "fraudmesh.score_bucket": "0.4-0.5",
         "fraudmesh.reason": "card_country_mismatch",
-        "fraudmesh.model.version": "20260101T000000-abc",
+        "fraudmesh.model_version": "20260101T000000-abc",
         "fraudmesh.batch_size": 64,
-        "fraudmesh.payment.id_hash": tracing.hash_id("pi_1"),
+        "fraudmesh.payment_id_hash": tracing.hash_id("pi_1"),
         "fraudmesh.amount_minor": 1234567890123,
         "server.address": "redis.internal",
     }
@@ -348,5 +357,5 @@ def test_spans_reach_a_real_otlp_http_receiver_and_flush_on_shutdown() -> None:
     assert span.name == "ingress.score"
     assert span.kind == "server"
     assert span.service == "ingress"
-    assert span.resource["fraudmesh.model.version"] == "v1"
+    assert span.resource["fraudmesh.model_version"] == "v1"
     assert span.attributes[tracing.PAYMENT_HASH_KEY] == tracing.hash_id("pi_5")
