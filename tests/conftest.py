@@ -13,6 +13,7 @@ import os
 import pytest
 
 from tests.otlp_receiver import otlp_receiver  # noqa: F401 (session fixture)
+from tests.stripe_emulator import EmulatorProcess
 
 TEST_REDIS_URL = os.environ.get("FRAUDMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -30,3 +31,18 @@ def redis_url() -> str:
     finally:
         client.close()
     return TEST_REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def localstripe():
+    """localstripe (a stateful Stripe API emulator) behind a recording proxy.
+
+    A subprocess on a free loopback port for the session; ``.url`` is the API
+    base for ``STRIPE_API_BASE``; ``.requests()`` shows the requests exactly as
+    the SDK sent them (see tests/stripe_emulator.py for why the proxy exists).
+    """
+    emulator = EmulatorProcess().start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
