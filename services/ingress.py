@@ -1,0 +1,221 @@
+"""Ingress: the HTTP API of the mesh (FastAPI on Ray Serve).
+
+Routes:
+
+- ``POST /v1/score``: one payment (a Stripe-PaymentIntent-shaped object) ->
+  a ScoreResponse.
+- ``POST /v1/score/batch``: ``{"payments": [...]}`` (1..MAX_BATCH) ->
+  ``{"results": [ScoreResponse, ...]}`` in request order; one call per hop for
+  the whole batch.
+- ``POST /v1/labels``: ``{"labels": [Label, ...]}`` -> ``{"accepted": n}``.
+- ``GET /healthz``: 200 once every deployment of the application is running and
+  Redis answers, else 503.
+- ``GET /metrics``: Prometheus text of this ingress replica.
+
+Bad input answers 422 ``{"error": "invalid_request", "errors": [{"field",
+"message"}]}`` naming every bad field; nothing of a rejected batch is scored. A
+caller's W3C ``traceparent`` header becomes the parent of the payment's trace.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from fraudmesh.errors import FraudmeshError, HistoryStoreError
+from fraudmesh.tracing import hop, setup_tracing
+from services.ingest import PendingDuplicate
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 1000
+_HEALTH_CACHE_S = 1.0
+
+api = FastAPI(title="fraudmesh", version="0.1.0", docs_url=None, redoc_url=None)
+
+_REGISTRY = CollectorRegistry()
+_PAYMENTS = Counter(
+    "fraudmesh_payments_total",
+    "Payments answered, by decision (duplicates included once per answer).",
+    ["decision"],
+    registry=_REGISTRY,
+)
+_DUPLICATES = Counter(
+    "fraudmesh_duplicate_payments_total",
+    "Repeats of a payment id answered with the earlier decision.",
+    registry=_REGISTRY,
+)
+_INVALID = Counter(
+    "fraudmesh_invalid_requests_total",
+    "Requests answered 422.",
+    ["route"],
+    registry=_REGISTRY,
+)
+_FAILED = Counter(
+    "fraudmesh_failed_requests_total",
+    "Requests answered 5xx.",
+    ["route"],
+    registry=_REGISTRY,
+)
+_LATENCY = Histogram(
+    "fraudmesh_request_latency_seconds",
+    "Time from request to response inside the ingress.",
+    ["route"],
+    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5),
+    registry=_REGISTRY,
+)
+
+
+def _invalid(route: str, errors: list[dict]) -> JSONResponse:
+    _INVALID.labels(route).inc()
+    return JSONResponse(
+        status_code=422, content={"error": "invalid_request", "errors": errors}
+    )
+
+
+def _carrier(request: Request) -> dict[str, str]:
+    carrier = {}
+    for name in ("traceparent", "tracestate"):
+        value = request.headers.get(name)
+        if value:
+            carrier[name] = value
+    return carrier
+
+
+async def _json_body(request: Request) -> tuple[Any, list[dict] | None]:
+    raw = await request.body()
+    try:
+        return json.loads(raw), None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, [{"field": "body", "message": f"not valid JSON ({exc})"}]
+
+
+def _list_field(body: Any, name: str) -> tuple[list | None, list[dict] | None]:
+    if not isinstance(body, dict) or not isinstance(body.get(name), list):
+        return None, [{"field": name, "message": f"must be a list of {name}"}]
+    items = body[name]
+    if not 1 <= len(items) <= MAX_BATCH:
+        return None, [
+            {
+                "field": name,
+                "message": f"holds {len(items)} items; send 1 to {MAX_BATCH}",
+            }
+        ]
+    return items, None
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, ingest: DeploymentHandle) -> None:
+        setup_tracing("ingress")
+        self._ingest = ingest
+        self._ready_at = 0.0
+
+    async def _score(self, route: str, bodies: list, batch: bool, request: Request):
+        started = time.perf_counter()
+        with hop("ingress.score", _carrier(request)) as h:
+            try:
+                answer = await self._ingest.score.remote(
+                    bodies, batch, carrier=h.carrier
+                )
+            except PendingDuplicate as exc:
+                return JSONResponse(
+                    status_code=409,
+                    content={
+                        "error": "duplicate_in_progress",
+                        "message": f"payment {exc.args[0]} is still being scored; "
+                        "retry in a moment",
+                    },
+                )
+            except HistoryStoreError as exc:
+                _FAILED.labels(route).inc()
+                logger.warning("scoring failed: %s", exc)
+                return JSONResponse(
+                    status_code=503,
+                    content={"error": "unavailable", "message": str(exc)},
+                )
+        if "errors" in answer:
+            return _invalid(route, answer["errors"])
+        results = answer["results"]
+        for r in results:
+            _PAYMENTS.labels(r["decision"]).inc()
+            if r.get("duplicate"):
+                _DUPLICATES.inc()
+        _LATENCY.labels(route).observe(time.perf_counter() - started)
+        return JSONResponse(results[0] if not batch else {"results": results})
+
+    @api.post("/v1/score")
+    async def score(self, request: Request):
+        body, errors = await _json_body(request)
+        if errors:
+            return _invalid("score", errors)
+        if not isinstance(body, dict):
+            error = {"field": "body", "message": "must be an object"}
+            return _invalid("score", [error])
+        return await self._score("score", [body], False, request)
+
+    @api.post("/v1/score/batch")
+    async def score_batch(self, request: Request):
+        body, errors = await _json_body(request)
+        payments, errors = (None, errors) if errors else _list_field(body, "payments")
+        if errors:
+            return _invalid("batch", errors)
+        return await self._score("batch", payments, True, request)
+
+    @api.post("/v1/labels")
+    async def labels(self, request: Request):
+        body, errors = await _json_body(request)
+        labels, errors = (None, errors) if errors else _list_field(body, "labels")
+        if errors:
+            return _invalid("labels", errors)
+        with hop("ingress.labels", _carrier(request)) as h:
+            answer = await self._ingest.record_labels.remote(labels, carrier=h.carrier)
+        if "errors" in answer:
+            return _invalid("labels", answer["errors"])
+        return JSONResponse(answer)
+
+    @api.get("/healthz")
+    async def healthz(self):
+        if time.monotonic() - self._ready_at < _HEALTH_CACHE_S:
+            return JSONResponse({"status": "ok"})
+        problem = await self._not_ready()
+        if problem:
+            return JSONResponse(
+                status_code=503, content={"status": "starting", "detail": problem}
+            )
+        self._ready_at = time.monotonic()
+        return JSONResponse({"status": "ok"})
+
+    async def _not_ready(self) -> str | None:
+        """Why the mesh is not ready yet, or None when every deployment runs."""
+        app_name = serve.get_replica_context().app_name
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(app_name)
+        if app is None or app.status != "RUNNING":
+            return f"application {app_name} is {getattr(app, 'status', 'missing')}"
+        for name, deployment in app.deployments.items():
+            if deployment.status != "HEALTHY":
+                return f"deployment {name} is {deployment.status}"
+        try:
+            await asyncio.wait_for(self._ingest.ping.remote(), timeout=5.0)
+        except (TimeoutError, FraudmeshError, OSError) as exc:
+            return f"Ingest cannot reach Redis ({type(exc).__name__})"
+        return None
+
+    @api.get("/metrics")
+    async def metrics(self):
+        return Response(generate_latest(_REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,124 @@
+"""Model: batched PyTorch inference over the payments' model inputs.
+
+The ``Model`` deployment wraps :class:`models.scorer.Scorer`. Concurrent calls are
+gathered by ``@serve.batch`` into one forward pass; a call may itself carry many
+payments (the batch endpoint), so a forward pass covers every payment of every
+gathered call. ``max_batch_size`` (calls per pass) and ``batch_wait_timeout_s``
+come from the deployment's ``user_config``.
+
+Result per payment, in input order: ``{"score", "model_version", "contributions":
+[(feature, value, contribution)], "context"}``, handed on to ``Policy``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from feature_repo.transforms import STATIC_FEATURES, ModelInput
+from fraudmesh.config import get_settings
+from fraudmesh.schemas import Payment
+from fraudmesh.tracing import hop, setup_tracing
+from models.scorer import Scorer
+
+_FEATURE_INDEX = {name: i for i, name in enumerate(STATIC_FEATURES)}
+
+
+def stack_inputs(
+    inputs: list[ModelInput],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ModelInputs to the scorer's arrays: static [B,F], sequence [B,N,E], lengths."""
+    static = np.stack([mi.static for mi in inputs]).astype(np.float32, copy=False)
+    sequence = np.stack([mi.sequence for mi in inputs]).astype(np.float32, copy=False)
+    lengths = np.fromiter((mi.length for mi in inputs), np.int64, len(inputs))
+    return static, sequence, lengths
+
+
+def score_inputs(
+    scorer: Scorer, inputs: list[ModelInput], top_k: int = 3
+) -> list[dict[str, Any]]:
+    """Scores and explanations for ``inputs``, in input order (no Ray)."""
+    if not inputs:
+        return []
+    static, sequence, lengths = stack_inputs(inputs)
+    scores = scorer.predict(static, sequence, lengths)
+    explained = scorer.explain(static, sequence, lengths, top_k=top_k)
+    out = []
+    for i, mi in enumerate(inputs):
+        contributions = []
+        for feature, contribution in explained[i]:
+            j = _FEATURE_INDEX.get(feature)
+            value = float(static[i, j]) if j is not None else None
+            contributions.append((feature, value, float(contribution)))
+        out.append(
+            {
+                "score": float(scores[i]),
+                "model_version": scorer.version,
+                "contributions": contributions,
+                "context": dict(getattr(mi, "context", None) or {}),
+            }
+        )
+    return out
+
+
+@serve.deployment
+class Model:
+    """The Model hop: score, then hand on to ``Policy``."""
+
+    def __init__(self, policy: DeploymentHandle, models_dir: str | None = None) -> None:
+        import torch
+
+        # Two cores shared by every replica: one intra-op thread per replica.
+        torch.set_num_threads(int(os.environ.get("FRAUDMESH_TORCH_THREADS", "1")))
+        path = Path(models_dir) if models_dir else get_settings().models_path
+        self._scorer = Scorer.load(path)
+        self._policy = policy
+        setup_tracing("model", **{"fraudmesh.model_version": self._scorer.version})
+
+    def reconfigure(self, user_config: Mapping[str, Any]) -> None:
+        config = dict(user_config or {})
+        self._score_batch.set_max_batch_size(int(config.get("max_batch_size", 64)))
+        self._score_batch.set_batch_wait_timeout_s(
+            float(config.get("batch_wait_timeout_s", 0.002))
+        )
+
+    @property
+    def version(self) -> str:
+        return self._scorer.version
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _score_batch(
+        self, calls: list[list[ModelInput]]
+    ) -> list[list[dict[str, Any]]]:
+        # One forward pass for every payment of every gathered call.
+        flat = [mi for call in calls for mi in call]
+        results = score_inputs(self._scorer, flat)
+        out, start = [], 0
+        for call in calls:
+            out.append(results[start : start + len(call)])
+            start += len(call)
+        return out
+
+    async def score(
+        self,
+        payments: list[Payment],
+        inputs: list[ModelInput],
+        carrier: dict[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        attributes = {
+            "fraudmesh.batch_size": len(payments),
+            "fraudmesh.model_version": self._scorer.version,
+            "fraudmesh.feature_count": len(STATIC_FEATURES),
+        }
+        with hop("model.score", carrier, attributes) as h:
+            scored = await self._score_batch(inputs)
+            return await self._policy.decide.remote(payments, scored, carrier=h.carrier)
+
+    async def model_version(self) -> str:
+        return self._scorer.version
