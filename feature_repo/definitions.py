@@ -12,6 +12,7 @@ calls the same pure function as the offline path, ``transforms.request_features`
 
 from __future__ import annotations
 
+import inspect
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from feast import (
     RequestSource,
     ValueType,
 )
-from feast.on_demand_feature_view import on_demand_feature_view
+from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.types import Float64, Int64
 
 from feature_repo import transforms as tf
@@ -57,7 +58,15 @@ request_source = RequestSource(
 
 
 def _request_context(inputs: dict) -> dict:
-    """Python-mode UDF: lists in, lists out (Feast's batch dict form)."""
+    """Python-mode UDF. Feast may run it from its source text, so it only imports
+    and delegates (the import is a dict lookup after the first call)."""
+    from feature_repo.definitions import request_context
+
+    return request_context(inputs)
+
+
+def request_context(inputs: dict) -> dict:
+    """Request-time features: Feast's batch dict form, lists in, lists out."""
     out = tf.request_features(
         np.asarray(inputs["tx_amount"], dtype=np.float64),
         np.asarray(inputs["tx_unix_s"], dtype=np.float64),
@@ -94,13 +103,18 @@ def build_definitions(snapshot_dir: Path) -> list:
         description="Terminal fraud risk over 1, 7, 30 days before the 7-day "
         "label delay, as of UTC midnight.",
     )
-    request_view = on_demand_feature_view(
+    # Built directly rather than with Feast's decorator, which renames the UDF's
+    # module to __main__ (so a second build in one process cannot find its
+    # source). The UDF is pickled by reference: every process has this module.
+    request_view = OnDemandFeatureView(
         name=REQUEST_VIEW,
         sources=[customer_view[["customer_mean_amount_30d",
                                 "customer_std_amount_30d"]], request_source],
         schema=[Field(name=n, dtype=Float64) for n in tf.REQUEST_FEATURES],
         mode="python",
-    )(_request_context)
+        udf=_request_context,
+        udf_string=inspect.getsource(_request_context),
+    )
     return [customer, terminal, customer_batch, terminal_batch, customer_push,
             terminal_push, request_source, customer_view, terminal_view,
             request_view]

@@ -1,0 +1,153 @@
+"""How the behaviour history and per-day aggregates are laid out in Redis.
+
+Pure encoding and decoding only (no I/O), shared by the online client
+(``services.features``) and the warm-up job (``orchestration.materialize``):
+
+- ``fm:hist:{customer}``: a list of the customer's last ``HISTORY_KEEP`` events in
+  arrival order, each ``"unix_s|amount|terminal|kind|event_id"``.
+- ``fm:cday:{day}``: a hash of the customer aggregates of one UTC day, fields
+  ``{customer}:n`` (count), ``:s`` (sum of amounts), ``:q`` (sum of squares).
+- ``fm:tday:{day}``: a hash of the terminal aggregates of one day, fields
+  ``{terminal}:n`` (payments) and ``:f`` (fraud labels folded in so far).
+- ``fm:seen:{payment}``: ``"customer|terminal|day"``, set once per payment id.
+- ``fm:label:{payment}``: ``"1"`` or ``"0"``, the label folded in for it.
+- ``fm:snap:latest``: the latest day whose snapshot rows are in the online store;
+  ``fm:snap:lock:{day}``: who is building that day's snapshot.
+
+Days are unix day numbers (``unix_s // 86400``, UTC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from feature_repo import transforms as tf
+from feature_repo.snapshots import DayAggregates
+
+PREFIX = "fm:"
+# Extra events kept beyond N, so events recorded slightly out of time order
+# (concurrent requests) still leave the N events before a payment in the list.
+HISTORY_SLACK = 16
+HISTORY_KEEP = tf.HISTORY_LENGTH + HISTORY_SLACK
+AGGREGATE_TTL_S = (tf.TERMINAL_LOOKBACK_DAYS + 10) * tf.SECONDS_PER_DAY
+SEEN_TTL_S = 45 * tf.SECONDS_PER_DAY  # labels can arrive weeks later
+ACCOUNT_CHANGE_ID = "account_change"
+
+
+def history_key(customer_id: str) -> str:
+    return f"{PREFIX}hist:{customer_id}"
+
+
+def customer_day_key(day: int) -> str:
+    return f"{PREFIX}cday:{day}"
+
+
+def terminal_day_key(day: int) -> str:
+    return f"{PREFIX}tday:{day}"
+
+
+def seen_key(payment_id: str) -> str:
+    return f"{PREFIX}seen:{payment_id}"
+
+
+def label_key(payment_id: str) -> str:
+    return f"{PREFIX}label:{payment_id}"
+
+
+SNAPSHOT_LATEST_KEY = f"{PREFIX}snap:latest"
+
+
+def snapshot_lock_key(day: int) -> str:
+    return f"{PREFIX}snap:lock:{day}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One history event; ``terminal`` is "" for an account change."""
+
+    unix_s: int
+    amount: float
+    terminal: str
+    kind: int
+    event_id: str
+
+
+def encode_event(event: Event) -> str:
+    return (f"{event.unix_s}|{event.amount!r}|{event.terminal}|{event.kind}|"
+            f"{event.event_id}")
+
+
+def decode_event(raw: bytes | str) -> Event:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    unix_s, amount, terminal, kind, event_id = text.split("|", 4)
+    return Event(int(unix_s), float(amount), terminal, int(kind), event_id)
+
+
+def events_before(
+    events: Iterable[Event], unix_s: int, exclude_id: str, n: int = tf.HISTORY_LENGTH
+) -> list[Event]:
+    """The last ``n`` events strictly earlier than ``unix_s``, oldest first.
+
+    Drops ``exclude_id`` (the payment itself) and repeated event ids; ties in time
+    keep arrival order, as the offline path keeps file order.
+    """
+    seen: set[str] = set()
+    kept = []
+    for event in events:
+        if event.unix_s >= unix_s or event.event_id == exclude_id:
+            continue
+        if event.kind == tf.EVENT_PAYMENT:
+            if event.event_id in seen:
+                continue
+            seen.add(event.event_id)
+        kept.append(event)
+    kept.sort(key=lambda e: e.unix_s)  # stable
+    return kept[-n:]
+
+
+def fill_block(block: tf.HistoryBlock, row: int, events: Sequence[Event],
+               terminal: str) -> None:
+    """Write ``events`` (oldest first, at most N) into ``block`` row ``row``."""
+    n = block.mask.shape[1]
+    offset = n - len(events)
+    for j, event in enumerate(events):
+        col = offset + j
+        block.unix_s[row, col] = event.unix_s
+        block.amount[row, col] = event.amount
+        block.same_terminal[row, col] = (event.kind == tf.EVENT_PAYMENT
+                                         and event.terminal == terminal)
+        block.kind[row, col] = event.kind
+        block.mask[row, col] = True
+
+
+def aggregates_from_hashes(
+    hashes: Sequence[Mapping[bytes | str, bytes | str]], first_day: int,
+    stats: Sequence[str],
+) -> DayAggregates:
+    """Per-day hashes (oldest first) as a DayAggregates over their entities.
+
+    ``stats`` maps field suffixes to columns: ``("n", "s", "q")`` give
+    ``count``/``sum``/``sumsq``; ``("n", "f")`` give ``count``/``fraud``.
+    """
+    names = {"n": "count", "s": "sum", "q": "sumsq", "f": "fraud"}
+    parsed: list[dict[tuple[str, str], float]] = []
+    entities: set[str] = set()
+    for h in hashes:
+        day: dict[tuple[str, str], float] = {}
+        for field, value in h.items():
+            text = field.decode() if isinstance(field, bytes) else field
+            entity, _, stat = text.rpartition(":")
+            if stat in stats:
+                day[(entity, stat)] = float(value)
+                entities.add(entity)
+        parsed.append(day)
+    keys = np.array(sorted(entities), dtype=object)
+    index = {k: i for i, k in enumerate(keys)}
+    columns = {names[s]: np.zeros((len(keys), len(hashes))) for s in stats}
+    for col, day in enumerate(parsed):
+        for (entity, stat), value in day.items():
+            columns[names[stat]][index[entity], col] = value
+    return DayAggregates(keys=keys, first_day=first_day, columns=columns)
