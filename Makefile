@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-quick lint clean
+.PHONY: demo test test-quick lint clean k8s
 
 $(BIN)/fraudmesh: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test-quick: $(BIN)/fraudmesh
 
 lint: $(BIN)/fraudmesh
 	$(BIN)/ruff check .
+
+# Regenerate k8s/base/generated/ (serveConfigV2, policy thresholds) from
+# orchestration/serve_config.yaml; run after editing it (a k8s test checks).
+k8s: $(BIN)/fraudmesh
+	$(BIN)/python -m orchestration.k8s
 
 clean:
 	rm -rf $(VENV) .fraudmesh
