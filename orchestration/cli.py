@@ -140,6 +140,29 @@ def replay(
 
 
 @app.command()
+def materialize(
+    until: Annotated[
+        str,
+        typer.Option(help="Warm the state as of 00:00 UTC of this day, YYYY-MM-DD."),
+    ],
+    data: DataOption = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Redis URL (default: REDIS_URL).")
+    ] = None,
+) -> None:
+    """Warm Redis history/aggregates and the Feast online store from a data file."""
+    from orchestration.materialize import run_materialize
+
+    summary = _run(lambda: run_materialize(data, until, redis_url=redis_url))
+    typer.echo(
+        f"materialized {summary.payments} payments of {summary.customers} customers "
+        f"before {summary.until}; snapshot rows: {summary.snapshot_customers} "
+        f"customers, {summary.snapshot_terminals} terminals "
+        f"({summary.seconds:.1f} s)"
+    )
+
+
+@app.command()
 def demo() -> None:
     """Set up, train or load a model, start the mesh, replay a week, report, stop."""
     from orchestration.demo import run_demo
