@@ -87,11 +87,19 @@ class Normaliser:
         return cls(s_log, s_mean, s_std, q_log, q_mean, q_std)
 
     def apply(
-        self, static: np.ndarray, sequence: np.ndarray, lengths: np.ndarray
+        self,
+        static: np.ndarray,
+        sequence: np.ndarray,
+        lengths: np.ndarray,
+        *,
+        inplace: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised float32 copies; padded sequence rows stay exactly zero."""
+        """Normalised float32 arrays; padded sequence rows stay exactly zero.
+
+        Copies unless ``inplace`` (then float32 C-contiguous inputs are overwritten).
+        """
         static_n = _apply_columns(
-            static, self.static_log, self.static_mean, self.static_std
+            static, self.static_log, self.static_mean, self.static_std, inplace
         )
         b, n, e = sequence.shape
         seq_n = _apply_columns(
@@ -99,6 +107,7 @@ class Normaliser:
             self.sequence_log,
             self.sequence_mean,
             self.sequence_std,
+            inplace,
         ).reshape(b, n, e)
         real = np.arange(n)[None, :] >= (n - np.asarray(lengths))[:, None]
         seq_n *= real[:, :, None]
@@ -133,9 +142,16 @@ def _fit_columns(values: np.ndarray) -> tuple[list[bool], list[float], list[floa
 
 
 def _apply_columns(
-    values: np.ndarray, logs: list[bool], means: list[float], stds: list[float]
+    values: np.ndarray,
+    logs: list[bool],
+    means: list[float],
+    stds: list[float],
+    inplace: bool = False,
 ) -> np.ndarray:
-    out = np.array(values, dtype=np.float32, copy=True)
+    if inplace and values.dtype == np.float32 and values.flags.c_contiguous:
+        out = values
+    else:
+        out = np.array(values, dtype=np.float32, copy=True)
     log_cols = np.flatnonzero(logs)
     if log_cols.size:
         out[:, log_cols] = np.log1p(np.maximum(out[:, log_cols], 0.0))
@@ -216,8 +232,13 @@ def train_model(
     config: TrainConfig | None = None,
     *,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    inplace: bool = False,
 ) -> TrainResult:
-    """Train a :class:`FraudNet`; see the module docstring for the contract."""
+    """Train a :class:`FraudNet`; see the module docstring for the contract.
+
+    With ``inplace`` the float32 ``static`` and ``sequence`` arrays are overwritten
+    by their normalised values (saves a copy of the largest arrays).
+    """
     config = config or TrainConfig()
     torch.set_num_threads(max(1, min(config.num_threads, 2)))
     _seed_everything(config.seed)
@@ -231,7 +252,7 @@ def train_model(
     normaliser = Normaliser.fit(
         static[train_mask], sequence[train_mask], lengths[train_mask]
     )
-    static_n, seq_n = normaliser.apply(static, sequence, lengths)
+    static_n, seq_n = normaliser.apply(static, sequence, lengths, inplace=inplace)
     train_idx = np.flatnonzero(train_mask)
     val_idx = np.flatnonzero(val_mask)
 
