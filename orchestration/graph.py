@@ -4,6 +4,7 @@ The chain, each hop holding a handle to the next, all async:
 
     Ingress -> Ingest -> Features.lookup (+ Features.record)
                       -> Model -> Policy -> Actuation
+    Ingress -> Webhooks (Stripe events) -> Ingest / Features / Policy / Actuation
 
 ``serve_config.yaml`` is the one place for every deployment's autoscaling,
 resources and user config. ``serve deploy`` / KubeRay apply it to ``app`` (the
@@ -26,7 +27,15 @@ from fraudmesh.errors import ConfigError
 
 SERVE_CONFIG_PATH = Path(__file__).with_name("serve_config.yaml")
 APP_NAME = "fraudmesh"
-DEPLOYMENTS = ("Ingress", "Ingest", "Features", "Model", "Policy", "Actuation")
+DEPLOYMENTS = (
+    "Ingress",
+    "Ingest",
+    "Features",
+    "Model",
+    "Policy",
+    "Actuation",
+    "Webhooks",
+)
 _OPTION_KEYS = {
     "num_replicas",
     "max_ongoing_requests",
@@ -77,6 +86,7 @@ def build_app(
     from services.ingress import Ingress
     from services.model import Model
     from services.policy import Policy
+    from services.webhooks import Webhooks
 
     settings = get_settings()
     redis_url = redis_url or settings.redis_url or os.environ.get("REDIS_URL")
@@ -94,7 +104,12 @@ def build_app(
     model = opts(Model, "Model").bind(policy, models_dir)
     features = opts(Features, "Features").bind(redis_url)
     ingest = opts(Ingest, "Ingest").bind(features, model, redis_url)
-    return opts(Ingress, "Ingress").bind(ingest)
+    # Stripe's events: scored through Ingest, labels and account changes into
+    # Features, Radar re-decisions through Policy, label follow-ups to Actuation.
+    webhooks = opts(Webhooks, "Webhooks").bind(
+        ingest, features, policy, actuation, redis_url
+    )
+    return opts(Ingress, "Ingress").bind(ingest, webhooks)
 
 
 def __getattr__(name: str) -> Any:

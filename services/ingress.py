@@ -8,6 +8,8 @@ Routes:
   ``{"results": [ScoreResponse, ...]}`` in request order; one call per hop for
   the whole batch.
 - ``POST /v1/labels``: ``{"labels": [Label, ...]}`` -> ``{"accepted": n}``.
+- ``POST /v1/webhooks/stripe``: Stripe's signed events (raw bytes to Webhooks);
+  ``POST /v1/reviews/{payment_id}``: an analyst's verdict on a held payment.
 - ``GET /healthz``: 200 once every deployment of the application is running and
   Redis answers, else 503.
 - ``GET /metrics``: Prometheus text of this ingress replica.
@@ -120,9 +122,12 @@ def _list_field(body: Any, name: str) -> tuple[list | None, list[dict] | None]:
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, ingest: DeploymentHandle) -> None:
+    def __init__(
+        self, ingest: DeploymentHandle, webhooks: DeploymentHandle | None = None
+    ) -> None:
         setup_tracing("ingress")
         self._ingest = ingest
+        self._webhooks = webhooks
         self._ready_at = 0.0
 
     async def _score(self, route: str, bodies: list, batch: bool, request: Request):
@@ -186,6 +191,52 @@ class Ingress:
             answer = await self._ingest.record_labels.remote(labels, carrier=h.carrier)
         if "errors" in answer:
             return _invalid("labels", answer["errors"])
+        return JSONResponse(answer)
+
+    @api.post("/v1/webhooks/stripe")
+    async def stripe_webhook(self, request: Request):
+        """Stripe's events: the raw body bytes and signature go to Webhooks.
+
+        The body is passed on exactly as received: the signature covers those
+        bytes, never a re-serialised JSON.
+        """
+        if self._webhooks is None:
+            return JSONResponse(
+                status_code=404,
+                content={"error": "not_configured", "message": "no Webhooks"},
+            )
+        body = await request.body()
+        signature = request.headers.get("Stripe-Signature")
+        with hop("ingress.stripe_webhook", _carrier(request)) as h:
+            answer = await self._webhooks.receive.remote(
+                body, signature, carrier=h.carrier
+            )
+        return JSONResponse(status_code=answer["status_code"], content=answer["body"])
+
+    @api.post("/v1/reviews/{payment_id}")
+    async def review(self, payment_id: str, request: Request):
+        """An analyst's verdict on a payment held for review.
+
+        Body ``{"verdict": "approve" | "fraud"}``: approve captures the held
+        payment, fraud cancels it (reason fraudulent); both become labels.
+        """
+        body, errors = await _json_body(request)
+        verdict = body.get("verdict") if isinstance(body, dict) else None
+        if errors or verdict not in ("approve", "fraud"):
+            return _invalid(
+                "reviews",
+                errors
+                or [{"field": "verdict", "message": "must be 'approve' or 'fraud'"}],
+            )
+        if self._webhooks is None:
+            return JSONResponse(
+                status_code=404,
+                content={"error": "not_configured", "message": "no Webhooks"},
+            )
+        with hop("ingress.review", _carrier(request)) as h:
+            answer = await self._webhooks.review.remote(
+                payment_id, verdict == "approve", carrier=h.carrier
+            )
         return JSONResponse(answer)
 
     @api.get("/healthz")
