@@ -37,7 +37,9 @@ from fraudmesh.tracing import hop, setup_tracing
 logger = logging.getLogger(__name__)
 
 _PENDING = b"pending"
-IDEMPOTENCY_PREFIX = "fraudmesh:idem:"
+# Under the features prefix, so `materialize` (which resets it) clears them too:
+# a replay after a fresh materialize scores every payment again.
+IDEMPOTENCY_PREFIX = "fm:idem:"
 
 
 def _field_name(prefix: str, loc: Sequence[Any]) -> str:

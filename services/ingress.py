@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import time
+from functools import lru_cache
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -48,41 +49,56 @@ _HEALTH_CACHE_S = 1.0
 
 api = FastAPI(title="fraudmesh", version="0.1.0", docs_url=None, redoc_url=None)
 
-_REGISTRY = CollectorRegistry()
-_PAYMENTS = Counter(
-    "fraudmesh_payments_total",
-    "Payments answered, by decision (duplicates included once per answer).",
-    ["decision"],
-    registry=_REGISTRY,
-)
-_DUPLICATES = Counter(
-    "fraudmesh_duplicate_payments_total",
-    "Repeats of a payment id answered with the earlier decision.",
-    registry=_REGISTRY,
-)
-_INVALID = Counter(
-    "fraudmesh_invalid_requests_total",
-    "Requests answered 422.",
-    ["route"],
-    registry=_REGISTRY,
-)
-_FAILED = Counter(
-    "fraudmesh_failed_requests_total",
-    "Requests answered 5xx.",
-    ["route"],
-    registry=_REGISTRY,
-)
-_LATENCY = Histogram(
-    "fraudmesh_request_latency_seconds",
-    "Time from request to response inside the ingress.",
-    ["route"],
-    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5),
-    registry=_REGISTRY,
-)
+
+
+class _Metrics:
+    """The ingress's Prometheus metrics, declared once per process.
+
+    Built lazily (see :func:`_metrics`): the route methods are pickled by value
+    when the class is decorated, and metric objects hold locks.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.payments = Counter(
+            "fraudmesh_payments_total",
+            "Payments answered, by decision (repeats included).",
+            ["decision"],
+            registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "fraudmesh_duplicate_payments_total",
+            "Repeats of a payment id answered with the earlier decision.",
+            registry=self.registry,
+        )
+        self.invalid = Counter(
+            "fraudmesh_invalid_requests_total",
+            "Requests answered 422.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.failed = Counter(
+            "fraudmesh_failed_requests_total",
+            "Requests answered 5xx.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "fraudmesh_request_latency_seconds",
+            "Time from request to response inside the ingress.",
+            ["route"],
+            buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+
+
+@lru_cache(maxsize=1)
+def _metrics() -> _Metrics:
+    return _Metrics()
 
 
 def _invalid(route: str, errors: list[dict]) -> JSONResponse:
-    _INVALID.labels(route).inc()
+    _metrics().invalid.labels(route).inc()
     return JSONResponse(
         status_code=422, content={"error": "invalid_request", "errors": errors}
     )
@@ -126,6 +142,7 @@ class Ingress:
         self, ingest: DeploymentHandle, webhooks: DeploymentHandle | None = None
     ) -> None:
         setup_tracing("ingress")
+        _metrics()
         self._ingest = ingest
         self._webhooks = webhooks
         self._ready_at = 0.0
@@ -147,7 +164,7 @@ class Ingress:
                     },
                 )
             except HistoryStoreError as exc:
-                _FAILED.labels(route).inc()
+                _metrics().failed.labels(route).inc()
                 logger.warning("scoring failed: %s", exc)
                 return JSONResponse(
                     status_code=503,
@@ -156,11 +173,12 @@ class Ingress:
         if "errors" in answer:
             return _invalid(route, answer["errors"])
         results = answer["results"]
+        metrics = _metrics()
         for r in results:
-            _PAYMENTS.labels(r["decision"]).inc()
+            metrics.payments.labels(r["decision"]).inc()
             if r.get("duplicate"):
-                _DUPLICATES.inc()
-        _LATENCY.labels(route).observe(time.perf_counter() - started)
+                metrics.duplicates.inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
         return JSONResponse(results[0] if not batch else {"results": results})
 
     @api.post("/v1/score")
@@ -269,4 +287,5 @@ class Ingress:
 
     @api.get("/metrics")
     async def metrics(self):
-        return Response(generate_latest(_REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        registry = _metrics().registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -222,8 +222,10 @@ def contexts_for(
     out = []
     for payment, s in zip(payments, scored, strict=True):
         ctx = s.get("context") or {}
-        mean = ctx.get("customer_mean_amount_30d")
-        over = payment.amount / mean if mean else None
+        over = ctx.get("amount_over_usual")
+        if over is None:
+            mean = ctx.get("customer_mean_amount_30d")
+            over = payment.amount / mean if mean else None
         out.append(
             PolicyContext(
                 score=float(s["score"]),

@@ -1,0 +1,171 @@
+"""The mesh end to end on real Ray Serve and real Redis.
+
+Payments here use customers and terminals of their own (``cus_test_*``), so they
+leave the sample's customers untouched for the replay test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+import redis
+
+from feature_repo import history as hs
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+DECISIONS = {"allow", "challenge", "review", "block"}
+CREATED = 1535529600 + 3600  # 2018-08-29 01:00 UTC, the mesh's first day
+
+
+def payment(**overrides) -> dict:
+    body = {
+        "id": f"pi_test_{uuid.uuid4().hex[:12]}",
+        "amount": 4250,
+        "currency": "eur",
+        "customer": f"cus_test_{uuid.uuid4().hex[:6]}",
+        "created": CREATED,
+        "metadata": {"terminal_id": "term_test_1"},
+    }
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture(scope="module")
+def client(mesh_url: str):
+    with httpx.Client(base_url=mesh_url, timeout=60) as c:
+        yield c
+
+
+def history_events(redis_url: str, customer: str) -> int:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return client.llen(hs.history_key(customer))
+    finally:
+        client.close()
+
+
+def fields_of(response: httpx.Response) -> set[str]:
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "invalid_request"
+    return {e["field"] for e in body["errors"]}
+
+
+def test_scores_a_payment_with_decision_reasons_and_version(client):
+    body = payment()
+    r = client.post("/v1/score", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["payment_id"] == body["id"]
+    assert 0.0 <= out["score"] <= 1.0
+    assert out["decision"] in DECISIONS
+    assert out["reasons"] and all(isinstance(x, str) and x for x in out["reasons"])
+    assert out["model_version"]
+    assert out["actuation_mode"] in {"dry-run", "shadow", "live"}
+    assert out["action"] is not None
+    assert out["duplicate"] is False
+    assert "trace_id" in out
+
+
+def test_a_huge_amount_for_a_new_customer_is_not_allowed_silently(client):
+    r = client.post("/v1/score", json=payment(amount=2_500_000))
+    assert r.status_code == 200, r.text
+    assert r.json()["reasons"][0].startswith("risk ")
+
+
+def test_batch_answers_in_request_order(client):
+    bodies = [payment(amount=100 * (i + 1)) for i in range(5)]
+    r = client.post("/v1/score/batch", json={"payments": bodies})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["payment_id"] for x in results] == [b["id"] for b in bodies]
+    assert all(x["decision"] in DECISIONS for x in results)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"currency": "xyz"}, "currency"),
+        ({"amount": -5}, "amount"),
+        ({"metadata": {}}, "metadata.terminal_id"),
+        ({"amount": "ten"}, "amount"),
+        ({"created": "yesterday"}, "created"),
+        ({"amount": 12.5}, "amount"),
+    ],
+)
+def test_bad_input_is_422_naming_the_field(client, change, field):
+    assert field in fields_of(client.post("/v1/score", json=payment(**change)))
+
+
+def test_every_bad_field_is_named_and_batch_paths_carry_the_index(client):
+    bad = payment(currency="zzz", amount=-1)
+    del bad["customer"]
+    assert fields_of(client.post("/v1/score", json=bad)) == {
+        "currency",
+        "amount",
+        "customer",
+    }
+    r = client.post("/v1/score/batch", json={"payments": [payment(), bad]})
+    assert "payments[1].currency" in fields_of(r)
+    assert "body" in fields_of(client.post("/v1/score", content=b"{not json"))
+    assert "payments" in fields_of(client.post("/v1/score/batch", json={"x": 1}))
+
+
+@pytest.mark.parametrize(("currency", "amount"), [("jpy", 5000), ("kwd", 12_345)])
+def test_zero_and_three_decimal_currencies(client, currency, amount):
+    r = client.post("/v1/score", json=payment(currency=currency, amount=amount))
+    assert r.status_code == 200, r.text
+
+
+def test_a_repeat_answers_the_earlier_decision_and_counts_once(client, redis_url):
+    body = payment()
+    first = client.post("/v1/score", json=body).json()
+    again = client.post("/v1/score", json=body).json()
+    assert again["duplicate"] is True
+    for key in ("score", "decision", "reasons", "model_version", "trace_id"):
+        assert again[key] == first[key]
+    assert history_events(redis_url, body["customer"]) == 1
+
+
+def test_concurrent_duplicates_are_scored_once(mesh_url, redis_url):
+    body = payment()
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=mesh_url, timeout=60) as c:
+            return await asyncio.gather(
+                *(c.post("/v1/score", json=body) for _ in range(6))
+            )
+
+    answers = [r.json() for r in asyncio.run(burst())]
+    assert sum(not a["duplicate"] for a in answers) == 1
+    assert len({a["score"] for a in answers}) == 1
+    assert history_events(redis_url, body["customer"]) == 1
+
+
+def test_labels_are_accepted_and_bad_labels_named(client):
+    label = {
+        "payment_id": "pi_test_label",
+        "is_fraud": True,
+        "source": "analyst",
+        "event_time": "2018-08-29T02:00:00Z",
+        "terminal_id": "term_test_1",
+        "payment_created": "2018-08-29T01:00:00Z",
+    }
+    r = client.post("/v1/labels", json={"labels": [label]})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 1
+    bad = {**label, "source": "rumour"}
+    r = client.post("/v1/labels", json={"labels": [bad]})
+    assert "labels[0].source" in fields_of(r)
+
+
+def test_healthz_and_metrics(client):
+    assert client.get("/healthz").status_code == 200
+    client.post("/v1/score", json=payment())
+    text = client.get("/metrics").text
+    assert "fraudmesh_payments_total" in text
+    assert "fraudmesh_request_latency_seconds_bucket" in text
