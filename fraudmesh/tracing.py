@@ -42,6 +42,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import random
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -184,6 +185,14 @@ def _otlp_endpoint(environ: Mapping[str, str]) -> str | None:
     )
 
 
+def _otlp_signal_endpoint(environ: Mapping[str, str], path: str) -> str:
+    """The traces endpoint: the per-signal variable as is, else base + ``path``."""
+    signal = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if signal:
+        return signal
+    return environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + path
+
+
 def _otlp_protocol(environ: Mapping[str, str]) -> str:
     protocol = (
         environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -196,8 +205,9 @@ def _otlp_protocol(environ: Mapping[str, str]) -> str:
 def _build_exporter(environ: Mapping[str, str]) -> Any:
     """The OTLP span exporter for the configured protocol, None without endpoint.
 
-    The exporters read the endpoint, headers, timeout and TLS settings from the
-    same ``OTEL_EXPORTER_OTLP_*`` variables themselves.
+    The endpoint comes from ``environ``; the exporters read headers, timeout,
+    compression and TLS settings from the ``OTEL_EXPORTER_OTLP_*`` variables
+    themselves.
     """
     from fraudmesh.errors import ConfigError
 
@@ -209,13 +219,13 @@ def _build_exporter(environ: Mapping[str, str]) -> Any:
             OTLPSpanExporter as GrpcExporter,
         )
 
-        return GrpcExporter()
+        return GrpcExporter(endpoint=_otlp_signal_endpoint(environ, ""))
     if protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter as HttpExporter,
         )
 
-        return HttpExporter()
+        return HttpExporter(endpoint=_otlp_signal_endpoint(environ, "/v1/traces"))
     raise ConfigError(
         "OTEL_EXPORTER_OTLP_PROTOCOL",
         f"unsupported protocol {protocol!r}; use 'grpc' or 'http/protobuf'",
@@ -615,6 +625,10 @@ def hop(
     re-raised; ``asyncio.CancelledError`` too (a cancelled hop is not a
     success).
     """
+    if not _STATE.exporting:
+        with _light_hop(carrier, attributes) as light:
+            yield light
+        return
     # No carrier: under the current context (a new trace when there is none).
     parent = propagate.extract(carrier) if carrier else otel_context.get_current()
     attributes = dict(attributes or {})
@@ -636,6 +650,72 @@ def hop(
         otel_context.detach(token)
 
 
+_TRACEPARENT_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_INVALID_TRACE = "0" * 32
+_INVALID_PARENT = "0" * 16
+
+
+@contextmanager
+def _light_hop(
+    carrier: Mapping[str, str] | None, attributes: Mapping[str, Any] | None
+) -> Iterator[Hop]:
+    """:func:`hop` without export: W3C ids made and carried, nothing recorded.
+
+    Same carrier format as the SDK path (``traceparent``, ``tracestate`` and
+    ``baggage`` passed on), so processes with and without export interoperate;
+    it skips the SDK's span machinery, which is most of the cost of a hop.
+    """
+    # A new root is marked sampled: a later process that does export (another
+    # configuration) still records its part of the trace.
+    trace_id, flags, inbound_baggage = None, "01", None
+    if carrier:
+        match = _TRACEPARENT_RE.fullmatch(carrier.get("traceparent", "").strip())
+        if match and match[1] != _INVALID_TRACE and match[2] != _INVALID_PARENT:
+            trace_id, flags = int(match[1], 16), match[3]
+        inbound_baggage = carrier.get("baggage")
+    else:
+        current = trace.get_current_span().get_span_context()
+        if current.is_valid:
+            trace_id, flags = current.trace_id, f"{current.trace_flags:02x}"
+    trace_id = trace_id or random.getrandbits(128) or 1
+    span_id = random.getrandbits(64) or 1
+    span = trace.NonRecordingSpan(
+        trace.SpanContext(trace_id, span_id, False, trace.TraceFlags(int(flags, 16)))
+    )
+    out = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags}"}
+    if carrier and carrier.get("tracestate"):
+        out["tracestate"] = carrier["tracestate"]
+
+    payment_hash = (attributes or {}).get(PAYMENT_HASH_KEY)
+    if not carrier:
+        payment_hash = payment_hash or current_payment_hash()
+    elif not payment_hash and inbound_baggage:
+        payment_hash = _baggage_member(inbound_baggage, PAYMENT_HASH_KEY)
+    if inbound_baggage:
+        out["baggage"] = inbound_baggage
+    ctx = trace.set_span_in_context(span)
+    if payment_hash:
+        ctx = baggage.set_baggage(PAYMENT_HASH_KEY, payment_hash, ctx)
+        if _baggage_member(inbound_baggage or "", PAYMENT_HASH_KEY) is None:
+            member = f"{PAYMENT_HASH_KEY}={payment_hash}"
+            out["baggage"] = (
+                f"{inbound_baggage},{member}" if inbound_baggage else member
+            )
+    token = otel_context.attach(ctx)
+    try:
+        yield Hop(span=span, carrier=out)
+    finally:
+        otel_context.detach(token)
+
+
+def _baggage_member(header: str, key: str) -> str | None:
+    for member in header.split(","):
+        name, _, value = member.partition("=")
+        if name.strip() == key:
+            return value.split(";", 1)[0].strip() or None
+    return None
+
+
 @contextmanager
 def client_span(
     name: str, attributes: Mapping[str, Any] | None = None
@@ -643,8 +723,12 @@ def client_span(
     """A client span (Redis, Feast, Stripe) under the current span.
 
     Errors are recorded as in :func:`hop`. Attributes pass
-    :func:`safe_attributes`.
+    :func:`safe_attributes`. Without export it yields the current span and
+    costs next to nothing.
     """
+    if not _STATE.exporting:
+        yield trace.get_current_span()
+        return
     with _span(name, attributes, SpanKind.CLIENT) as span:
         yield span
 

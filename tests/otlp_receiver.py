@@ -109,8 +109,8 @@ def _free_port() -> int:
 class OtlpReceiver:
     """The receiver; thread-safe reads of what arrived."""
 
-    def __init__(self) -> None:
-        self.port = _free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or _free_port()
         self._spans: list[ReceivedSpan] = []
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -139,6 +139,12 @@ class OtlpReceiver:
             content_type="application/x-protobuf",
         )
 
+    async def _count(self, request: web.Request) -> web.Response:
+        with self._lock:
+            return web.json_response(
+                {"spans": len(self._spans), "requests": self.requests}
+            )
+
     def start(self) -> OtlpReceiver:
         started = threading.Event()
 
@@ -147,6 +153,7 @@ class OtlpReceiver:
             self._loop = loop
             app = web.Application()
             app.router.add_post("/v1/traces", self._handle)
+            app.router.add_get("/count", self._count)
             self._runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -204,3 +211,21 @@ def otlp_receiver() -> Any:
     receiver = OtlpReceiver().start()
     yield receiver
     receiver.stop()
+
+
+def main() -> None:
+    """``python -m tests.otlp_receiver PORT``: serve until killed (benchmarks run
+    it apart from the process they measure); ``GET /count`` answers the counts.
+    """
+    import sys
+
+    receiver = OtlpReceiver(int(sys.argv[1])).start()
+    print(receiver.endpoint, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        receiver.stop()
+
+
+if __name__ == "__main__":
+    main()

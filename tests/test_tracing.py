@@ -199,6 +199,53 @@ def test_without_export_trace_ids_are_still_carried() -> None:
         tracing._uninstall()
 
 
+@pytest.fixture
+def light() -> None:
+    """tracing set up without an endpoint (the light path)."""
+    provider, _ = tracing._build_provider("ingress", {}, {})
+    tracing._install(provider, exporting=False)
+    yield
+    tracing._uninstall()
+
+
+def test_light_hops_carry_payment_hash_and_callers_context(light) -> None:
+    carrier = {
+        "traceparent": f"00-{CALLER_TRACE}-{CALLER_PARENT}-01",
+        "tracestate": "vendor=1",
+        "baggage": "tenant=acme",
+    }
+    with tracing.hop("ingress.score", carrier, tracing.payment_attributes("pi_1")) as a:
+        assert a.trace_id == CALLER_TRACE
+        assert tracing.current_payment_hash() == tracing.hash_id("pi_1")
+    assert a.carrier["tracestate"] == "vendor=1"
+    assert a.carrier["traceparent"].endswith("-01")
+    assert a.carrier["baggage"].startswith("tenant=acme,")
+    with tracing.hop("ingest.score", a.carrier) as b:
+        assert tracing.current_payment_hash() == tracing.hash_id("pi_1")
+        with tracing.client_span("redis.history.read") as span:
+            assert not span.is_recording()
+            assert tracing.current_trace_id() == CALLER_TRACE
+    assert b.carrier["traceparent"].split("-")[2] != CALLER_PARENT
+
+
+def test_light_and_recording_processes_share_one_trace(light, memory) -> None:
+    # `memory` installs a recording provider after `light`: the second process.
+    tracing._uninstall()
+    provider, _ = tracing._build_provider("ingress", {}, {})
+    tracing._install(provider, exporting=False)
+    with tracing.hop("ingress.score", None, tracing.payment_attributes("pi_2")) as a:
+        pass
+    recording = TracerProvider()
+    recording.add_span_processor(SimpleSpanProcessor(memory))
+    tracing._install(recording, exporting=True)
+    with tracing.hop("ingest.score", a.carrier) as b:
+        assert tracing.current_payment_hash() == tracing.hash_id("pi_2")
+    assert b.trace_id == a.trace_id
+    (span,) = memory.get_finished_spans()
+    assert format(span.parent.span_id, "016x") == a.carrier["traceparent"][36:52]
+    assert span.attributes[tracing.PAYMENT_HASH_KEY] == tracing.hash_id("pi_2")
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -337,8 +384,6 @@ def test_spans_reach_a_real_otlp_http_receiver_and_flush_on_shutdown() -> None:
     }
     try:
         with pytest.MonkeyPatch.context() as mp:
-            for key, value in env.items():
-                mp.setenv(key, value)
             # A long schedule delay: only the shutdown flush can deliver.
             mp.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
             provider, exporting = tracing._build_provider(

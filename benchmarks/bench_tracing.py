@@ -1,0 +1,296 @@
+"""The cost of tracing per payment, on versus off, measured in the same run.
+
+Two parts, both printed:
+
+1. ``hops``: in-process cost of the tracing a payment goes through (six hop
+   spans with a carrier handed from one to the next, as the mesh does, plus
+   four client spans), with tracing absent (plain calls), set up without an
+   endpoint (trace ids only, nothing recorded), and exporting over OTLP/HTTP to
+   a real receiver in this process. Microseconds per payment.
+2. ``mesh`` (``--mesh``): the real mesh twice in one Ray instance, one
+   application with tracing exporting to the receiver and one without an
+   endpoint, fed the same real payments alternately: p50 / p99 of single
+   payments at ``--rate`` (open loop) and the most payments per second
+   (closed loop). Needs a trained model (``fraudmesh train`` or the demo).
+
+    .venv/bin/python benchmarks/bench_tracing.py            # hops only
+    .venv/bin/python benchmarks/bench_tracing.py --mesh     # and the mesh
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fraudmesh import tracing  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HOPS = ("ingress", "ingest", "features", "model", "policy", "actuation")
+CLIENT_SPANS = ("redis.history.read", "feast.online_read", "redis.history.append")
+
+
+# ------------------------------------------------------------------ receiver
+
+
+class ReceiverProcess:
+    """The test OTLP/HTTP receiver in a child process, so that decoding spans
+    does not compete with the measured process for its interpreter lock (a
+    collector or Jaeger runs elsewhere too)."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        from orchestration.serving import free_port
+
+        self.port = free_port()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.otlp_receiver", str(self.port)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.endpoint = self._proc.stdout.readline().strip()
+        if not self.endpoint:
+            raise RuntimeError("the OTLP receiver process did not start")
+
+    def spans(self) -> int:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.endpoint}/count", timeout=10) as r:
+            return json.load(r)["spans"]
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+
+
+# ------------------------------------------------------------------ hops
+
+
+def _one_payment_traced(i: int) -> str | None:
+    carrier: dict[str, str] | None = None
+    attrs = tracing.payment_attributes(f"pi_{i}")
+    trace_id = None
+    for n, name in enumerate(HOPS):
+        with tracing.hop(f"{name}.score", carrier, attrs if n == 0 else None) as h:
+            if name == "features":
+                for client in CLIENT_SPANS:
+                    with tracing.client_span(client, {"fraudmesh.batch_size": 1}):
+                        pass
+            if name == "actuation":
+                with tracing.client_span("stripe.capture"):
+                    pass
+            if name == "policy":
+                h.set(decision="allow", score_bucket=tracing.score_bucket(0.12))
+            carrier = h.carrier
+            trace_id = trace_id or h.trace_id
+    return trace_id
+
+
+def _one_payment_plain(i: int) -> str | None:
+    # The same call structure with no tracing at all: the floor.
+    carrier: dict[str, str] = {}
+    for _name in HOPS:
+        carrier = dict(carrier)
+    return None
+
+
+def _per_payment_us(fn, n: int, repeats: int = 5) -> float:
+    best = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        best.append((time.perf_counter() - started) / n * 1e6)
+    return statistics.median(best)
+
+
+def bench_hops(n: int) -> dict[str, float]:
+    """µs per payment: plain, tracing without endpoint, tracing exporting."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    results = {"plain_us": _per_payment_us(_one_payment_plain, n)}
+
+    provider, exporting = tracing._build_provider("bench", {}, {})
+    assert not exporting
+    tracing._install(provider, exporting=False)
+    results["off_us"] = _per_payment_us(_one_payment_traced, n)
+    tracing._uninstall()
+
+    receiver = ReceiverProcess()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    }
+    provider, exporting = tracing._build_provider("bench", {}, env)
+    assert exporting
+    tracing._install(provider, exporting=True)
+    results["on_us"] = _per_payment_us(_one_payment_traced, n)
+    started = time.perf_counter()
+    provider.force_flush(60_000)
+    results["flush_s"] = time.perf_counter() - started
+    processor = provider._active_span_processor._span_processors[0]
+    assert isinstance(processor, BatchSpanProcessor)
+    provider.shutdown()
+    tracing._uninstall()
+    results["spans_received"] = receiver.spans()
+    receiver.stop()
+    return results
+
+
+# ------------------------------------------------------------------ mesh
+
+
+def _traced_app(prefix_env: dict[str, str]) -> Any:
+    """The real graph (as orchestration.graph.build_app wires it), with
+    ``prefix_env`` in every replica's environment."""
+    from fraudmesh.config import get_settings
+    from orchestration.graph import deployment_options
+    from services.actuation import Actuation
+    from services.features import Features
+    from services.ingest import Ingest
+    from services.ingress import Ingress
+    from services.model import Model
+    from services.policy import Policy
+
+    settings = get_settings()
+    redis_url = settings.redis_url or os.environ["REDIS_URL"]
+    models_dir = str(settings.models_path)
+
+    def opts(deployment, name):
+        options = deployment_options(name)
+        actor = dict(options.get("ray_actor_options") or {})
+        runtime_env = dict(actor.get("runtime_env") or {})
+        runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **prefix_env}
+        actor["runtime_env"] = runtime_env
+        options["ray_actor_options"] = actor
+        return deployment.options(**options)
+
+    actuation = opts(Actuation, "Actuation").bind()
+    policy = opts(Policy, "Policy").bind(actuation)
+    model = opts(Model, "Model").bind(policy, models_dir)
+    features = opts(Features, "Features").bind(redis_url)
+    ingest = opts(Ingest, "Ingest").bind(features, model, redis_url)
+    return opts(Ingress, "Ingress").bind(ingest)
+
+
+async def _measure_mesh(urls: dict[str, str], bodies: Any, args) -> dict:
+    from benchmarks.bench_mesh import closed_loop, open_loop
+
+    out: dict[str, dict[str, list]] = {name: {} for name in urls}
+    for _round in range(args.rounds):
+        # Alternate so that drift on the shared machine hits both alike.
+        for name, url in urls.items():
+            o = await open_loop(url, bodies, args.rate, args.seconds)
+            m = await closed_loop(url, bodies, args.concurrency, args.seconds)
+            for key, value in (
+                ("p50_ms", o["p50_ms"]),
+                ("p99_ms", o["p99_ms"]),
+                ("max_per_s", m["payments_per_s"]),
+                ("errors", o["errors"] + m["errors"]),
+            ):
+                out[name].setdefault(key, []).append(value)
+    return {
+        name: {k: statistics.median(v) for k, v in series.items()}
+        for name, series in out.items()
+    }
+
+
+def bench_mesh(args) -> dict:
+    import uuid
+    from datetime import timedelta
+
+    from ray import serve
+
+    from benchmarks.bench_mesh import Bodies
+    from fraudmesh.dataset import default_data_path, load_transactions
+    from orchestration.serving import free_port, start_mesh, wait_ready
+
+    receiver = ReceiverProcess()
+    traced_env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
+    }
+    for key in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        os.environ.pop(key, None)  # the untraced app must have no endpoint
+    frame = load_transactions(args.data or default_data_path())
+    window = frame[frame["tx_datetime"] >= frame["tx_datetime"].max() - timedelta(7)]
+    bodies = Bodies(window, uuid.uuid4().hex[:8])
+
+    mesh = start_mesh(port=free_port(), fast=args.fast)  # tracing off, at "/"
+    try:
+        serve.run(
+            _traced_app(traced_env),
+            name="fraudmesh-traced",
+            route_prefix="/traced",
+            blocking=False,
+        )
+        wait_ready(f"{mesh.url}/traced")
+        urls = {"off": mesh.url, "on": f"{mesh.url}/traced"}
+        print("measuring the mesh, tracing off and on ...", flush=True)
+        results = asyncio.run(_measure_mesh(urls, bodies, args))
+    finally:
+        mesh.stop()
+        time.sleep(1.0)
+        results_spans = receiver.spans()
+        receiver.stop()
+    results["spans_received"] = results_spans
+    return results
+
+
+# ------------------------------------------------------------------ report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--payments", type=int, default=2000)
+    parser.add_argument("--mesh", action="store_true")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--no-fast", dest="fast", action="store_false")
+    args = parser.parse_args()
+
+    hops = bench_hops(args.payments)
+    spans = len(HOPS) + len(CLIENT_SPANS) + 1
+    print(f"\ntracing cost in-process, per payment ({spans} spans, {args.payments})")
+    print(f"  no tracing at all         {hops['plain_us']:9.1f} µs")
+    print(f"  tracing off (no endpoint) {hops['off_us']:9.1f} µs")
+    print(f"  tracing on (OTLP/HTTP)    {hops['on_us']:9.1f} µs")
+    print(f"  on - off                  {hops['on_us'] - hops['off_us']:9.1f} µs")
+    print(f"  spans received            {hops['spans_received']:9d}")
+    result = {"hops": hops}
+
+    if args.mesh:
+        mesh = bench_mesh(args)
+        off, on = mesh["off"], mesh["on"]
+        print(f"\nreal mesh, same Ray run, {args.rounds} alternating rounds (median)")
+        print(f"{'':26} {'off':>9} {'on':>9} {'on-off':>9} {'ratio':>7}")
+        for key, label in (
+            ("p50_ms", f"p50 single @{args.rate:g}/s ms"),
+            ("p99_ms", f"p99 single @{args.rate:g}/s ms"),
+            ("max_per_s", "max single payments/s"),
+        ):
+            a, b = off[key], on[key]
+            print(f"{label:26} {a:9.1f} {b:9.1f} {b - a:9.1f} {b / a:7.2f}")
+        print(f"non-200 answers: off {off['errors']:.0f}, on {on['errors']:.0f}; "
+              f"spans received {mesh['spans_received']}")  # fmt: skip
+        result["mesh"] = mesh
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
