@@ -31,7 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from fraudmesh.dataset import default_data_path, load_transactions
+from fraudmesh.dataset import day_start, default_data_path, load_transactions
 from orchestration.graph import deployment_options
 from orchestration.replay import payment_body
 from orchestration.serving import start_mesh
@@ -209,23 +209,29 @@ async def measure(url: str, bodies: Bodies, args) -> dict:
     return result
 
 
-def run_one(name: str, app, bodies: Bodies, args, state_dir: Path) -> dict:
-    mesh = start_mesh(port=args.port, state_dir=state_dir, fast=args.fast, app=app)
+def run_one(
+    name: str, app, bodies: Bodies, args, state_dir: Path, warm_day=None
+) -> dict:
+    mesh = start_mesh(
+        port=args.port,
+        state_dir=state_dir,
+        fast=args.fast,
+        app=app,
+        models_dir=args.models_dir,
+    )
     try:
+        if warm_day is not None:
+            warm_state(args.data, warm_day, mesh.redis_url)
         print(f"measuring {name} ...", flush=True)
         return asyncio.run(measure(mesh.url, bodies, args))
     finally:
         mesh.stop()
 
 
-def warm_state(data: Path, frame, state_dir: Path, redis_url: str | None) -> None:
-    try:
-        from orchestration.materialize import run_materialize
-    except ImportError:
-        print("(run_materialize not available yet: features start cold)")
-        return
-    day = frame["tx_datetime"].min().date()
-    run_materialize(data=data, until=day.isoformat())
+def warm_state(data: Path, day, redis_url: str) -> None:
+    from orchestration.materialize import run_materialize
+
+    run_materialize(data, day, redis_url=redis_url)
 
 
 def main() -> None:
@@ -238,13 +244,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--no-fast", dest="fast", action="store_false")
     parser.add_argument("--only", choices=["noop", "real"], default=None)
+    parser.add_argument("--models-dir", type=Path, default=None)
+    parser.add_argument("--state-dir", type=Path, default=Path(".fraudmesh/bench"))
     args = parser.parse_args()
     args.port = args.port or _free_port()
 
-    data = args.data or default_data_path()
-    frame = load_transactions(data)
-    last = frame["tx_datetime"].max()
-    window = frame[frame["tx_datetime"] >= last - timedelta(days=7)]
+    args.data = args.data or default_data_path()
+    frame = load_transactions(args.data)
+    first_day = (frame["tx_datetime"].max() - timedelta(days=7)).date()
+    window = frame[frame["tx_datetime"] >= day_start(first_day)]
     run = uuid.uuid4().hex[:8]
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-noop-") as tmp:
@@ -254,7 +262,12 @@ def main() -> None:
             )
     if args.only in (None, "real"):
         results["real"] = run_one(
-            "real mesh", None, Bodies(window, run), args, Path(".fraudmesh")
+            "real mesh",
+            None,
+            Bodies(window, run),
+            args,
+            args.state_dir,
+            warm_day=first_day,
         )
     report(results, args)
 

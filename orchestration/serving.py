@@ -90,6 +90,7 @@ class Mesh:
     state_dir: Path
     valkey: Any = None
     owns_ray: bool = True
+    saved_env: dict[str, str | None] = field(default_factory=dict, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
@@ -100,6 +101,14 @@ class Mesh:
         _bounded(lambda: _shutdown_ray(self.owns_ray), timeout_s, "Ray Serve")
         if self.valkey is not None:
             _bounded(lambda: self.valkey.stop(timeout=5.0), 10.0, "Valkey")
+        for key, value in self.saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        from fraudmesh.config import get_settings
+
+        get_settings.cache_clear()
 
     def __enter__(self) -> Mesh:
         return self
@@ -219,6 +228,7 @@ def start_mesh(
         redis_url=redis_url,
         state_dir=state_dir,
         valkey=valkey,
+        saved_env={k: os.environ.get(k) for k in env},
     )
     try:
         start_ray(env)

@@ -1,0 +1,121 @@
+"""Ingest's validation (pure) and its idempotency store (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.ingest import IdempotencyStore, validate_labels, validate_payments
+
+
+def body(**overrides) -> dict:
+    b = {
+        "id": "pi_1",
+        "amount": 1050,
+        "currency": "EUR",
+        "customer": "cus_1",
+        "created": 1535529600,
+        "metadata": {"terminal_id": "term_1"},
+    }
+    b.update(overrides)
+    return b
+
+
+def fields(errors: list[dict]) -> set[str]:
+    return {e["field"] for e in errors}
+
+
+@pytest.mark.parametrize(
+    ("currency", "minor", "major"),
+    [
+        ("eur", 1050, 10.5),
+        ("jpy", 1050, 1050.0),
+        ("kwd", 1050, 1.05),
+        ("bhd", 5, 0.005),
+    ],
+)
+def test_amounts_respect_the_currency_minor_unit(currency, minor, major):
+    payments, errors = validate_payments([body(currency=currency, amount=minor)])
+    assert errors == []
+    assert payments[0].amount == pytest.approx(major)
+    assert payments[0].amount_minor == minor
+    assert payments[0].currency == currency
+
+
+def test_payment_is_normalised():
+    (p,), _ = validate_payments([body()], prefix=None)
+    assert (p.payment_id, p.customer_id, p.terminal_id) == ("pi_1", "cus_1", "term_1")
+    assert p.created.tzinfo is not None
+    assert p.created.isoformat() == "2018-08-29T08:00:00+00:00"
+
+
+def test_every_bad_field_is_named():
+    bad = body(currency="xyz", amount=-1, created="soon")
+    del bad["metadata"]["terminal_id"]
+    payments, errors = validate_payments([bad], prefix=None)
+    assert payments == []
+    assert fields(errors) == {"currency", "amount", "created", "metadata.terminal_id"}
+    assert all(e["message"] for e in errors)
+
+
+def test_batch_errors_carry_the_index_and_nothing_is_returned():
+    payments, errors = validate_payments([body(), body(amount=1.5), "x"])
+    assert payments == []
+    assert fields(errors) == {"payments[1].amount", "payments[2]"}
+
+
+def test_labels_are_validated():
+    label = {
+        "payment_id": "pi_1",
+        "is_fraud": True,
+        "source": "dispute",
+        "event_time": "2018-08-29T00:00:00Z",
+    }
+    labels, errors = validate_labels([label])
+    assert errors == [] and labels[0].is_fraud
+    _, errors = validate_labels([{**label, "event_time": "later"}])
+    assert fields(errors) == {"labels[0].event_time"}
+
+
+@pytest.mark.integration
+async def test_idempotency_claims_once_and_answers_the_stored_response(redis_url):
+    client = aioredis.Redis.from_url(redis_url)
+    store = IdempotencyStore(client, wait_s=2.0)
+    try:
+        await client.delete("fm:idem:pi_a", "fm:idem:pi_b")
+        first = await store.claim(["pi_a", "pi_b"])
+        assert first == [None, None]
+        again = await store.claim(["pi_a"])
+        assert again == [b"pending"]
+
+        async def finish_later():
+            await asyncio.sleep(0.05)
+            await store.store([{"payment_id": "pi_a", "decision": "allow"}])
+
+        waited, _ = await asyncio.gather(store.wait_for("pi_a"), finish_later())
+        assert waited == {"payment_id": "pi_a", "decision": "allow"}
+        (stored,) = await store.claim(["pi_a"])
+        assert json.loads(stored)["decision"] == "allow"
+        assert 0 < await client.ttl("fm:idem:pi_a") <= store.ttl_s
+
+        await store.release(["pi_b"])
+        assert await store.claim(["pi_b"]) == [None]
+        await store.release(["pi_b"])
+        assert await store.wait_for("pi_b") is None  # released: not pending
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.integration
+async def test_concurrent_claims_of_one_id_have_one_winner(redis_url):
+    client = aioredis.Redis.from_url(redis_url)
+    store = IdempotencyStore(client)
+    try:
+        await client.delete("fm:idem:pi_race")
+        results = await asyncio.gather(*(store.claim(["pi_race"]) for _ in range(20)))
+        assert sum(r == [None] for r in results) == 1
+    finally:
+        await client.aclose()
