@@ -46,7 +46,13 @@ from ray import serve
 from fraudmesh.config import ActuationMode, Settings, get_settings
 from fraudmesh.errors import ActuationError, ConfigError
 from fraudmesh.schemas import Decision, Payment
-from fraudmesh.tracing import client_span, hash_id, hop, setup_tracing
+from fraudmesh.tracing import (
+    client_span,
+    hash_id,
+    hop,
+    setup_tracing,
+    shutdown_tracing,
+)
 
 log = logging.getLogger("fraudmesh.actuation")
 
@@ -749,3 +755,8 @@ class Actuation:
 
     async def mode(self) -> str:
         return self._actuator.mode.value
+
+
+    def __del__(self) -> None:
+        # Serve calls this on a graceful shutdown: export the last spans.
+        shutdown_tracing()

@@ -45,7 +45,7 @@ from feature_repo.transforms import ModelInput
 from fraudmesh.config import Settings, get_settings
 from fraudmesh.errors import FeatureStoreError, HistoryStoreError
 from fraudmesh.schemas import Label, Payment
-from fraudmesh.tracing import client_span, hop, setup_tracing
+from fraudmesh.tracing import client_span, hop, setup_tracing, shutdown_tracing
 
 log = logging.getLogger("fraudmesh.features")
 SNAPSHOT_LOCK_TTL_S = 120
@@ -480,3 +480,8 @@ class Features:
                                     carrier: dict[str, str] | None = None) -> None:
         with hop("features.record_account_change", carrier):
             await self._client.record_account_change(customer_id, at, changed)
+
+
+    def __del__(self) -> None:
+        # Serve calls this on a graceful shutdown: export the last spans.
+        shutdown_tracing()

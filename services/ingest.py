@@ -32,7 +32,7 @@ from ray.serve.handle import DeploymentHandle
 
 from fraudmesh.errors import HistoryStoreError
 from fraudmesh.schemas import Label, Payment, PaymentRequest
-from fraudmesh.tracing import hop, setup_tracing
+from fraudmesh.tracing import hop, setup_tracing, shutdown_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -272,3 +272,8 @@ class Ingest:
             return bool(await self._redis.ping())
         except aioredis.RedisError as exc:
             raise HistoryStoreError(f"Redis does not answer ({exc})") from exc
+
+
+    def __del__(self) -> None:
+        # Serve calls this on a graceful shutdown: export the last spans.
+        shutdown_tracing()

@@ -39,7 +39,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from fraudmesh.errors import FraudmeshError, HistoryStoreError
-from fraudmesh.tracing import hop, setup_tracing
+from fraudmesh.tracing import (
+    hop,
+    payment_attributes,
+    setup_tracing,
+    shutdown_tracing,
+)
 from services.ingest import PendingDuplicate
 
 logger = logging.getLogger(__name__)
@@ -113,6 +118,16 @@ def _carrier(request: Request) -> dict[str, str]:
     return carrier
 
 
+def _score_attributes(bodies: list, batch: bool) -> dict[str, Any]:
+    """Span attributes of a score request: batch size, and for one payment its
+    hashed id (carried in the trace baggage to every later hop and log line)."""
+    attributes: dict[str, Any] = {"fraudmesh.batch_size": len(bodies)}
+    payment_id = None if batch else bodies[0].get("id")
+    if isinstance(payment_id, str) and payment_id:
+        attributes.update(payment_attributes(payment_id))
+    return attributes
+
+
 async def _json_body(request: Request) -> tuple[Any, list[dict] | None]:
     raw = await request.body()
     try:
@@ -149,7 +164,8 @@ class Ingress:
 
     async def _score(self, route: str, bodies: list, batch: bool, request: Request):
         started = time.perf_counter()
-        with hop("ingress.score", _carrier(request)) as h:
+        attributes = _score_attributes(bodies, batch)
+        with hop("ingress.score", _carrier(request), attributes) as h:
             try:
                 answer = await self._ingest.score.remote(
                     bodies, batch, carrier=h.carrier
@@ -289,3 +305,8 @@ class Ingress:
     async def metrics(self):
         registry = _metrics().registry
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+    def __del__(self) -> None:
+        # Serve calls this on a graceful shutdown: export the last spans.
+        shutdown_tracing()

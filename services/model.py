@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from feature_repo.transforms import STATIC_FEATURES, ModelInput
 from fraudmesh.config import get_settings
 from fraudmesh.schemas import Payment
-from fraudmesh.tracing import hop, setup_tracing
+from fraudmesh.tracing import hop, setup_tracing, shutdown_tracing
 from models.scorer import Scorer
 
 _FEATURE_INDEX = {name: i for i, name in enumerate(STATIC_FEATURES)}
@@ -122,3 +122,8 @@ class Model:
 
     async def model_version(self) -> str:
         return self._scorer.version
+
+
+    def __del__(self) -> None:
+        # Serve calls this on a graceful shutdown: export the last spans.
+        shutdown_tracing()

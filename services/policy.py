@@ -36,7 +36,7 @@ import services.actuation as _actuation_module
 from feature_repo.transforms import FEATURE_DESCRIPTIONS
 from fraudmesh.errors import ConfigError
 from fraudmesh.schemas import Decision, Payment
-from fraudmesh.tracing import hop, setup_tracing
+from fraudmesh.tracing import hop, score_bucket, setup_tracing, shutdown_tracing
 
 RADAR_LEVELS = ("normal", "elevated", "highest")
 
@@ -288,6 +288,7 @@ class Policy:
                 )
             if len(payments) == 1:
                 h.span.set_attribute("fraudmesh.decision", decisions[0].value)
+                h.span.set_attribute("fraudmesh.score_bucket", score_bucket(scores[0]))
         return [
             {
                 "payment_id": p.payment_id,
@@ -300,3 +301,8 @@ class Policy:
             }
             for p, s, o, a in zip(payments, scored, outcomes, actions, strict=True)
         ]
+
+
+    def __del__(self) -> None:
+        # Serve calls this on a graceful shutdown: export the last spans.
+        shutdown_tracing()

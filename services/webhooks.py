@@ -68,7 +68,7 @@ from fraudmesh.stripe_events import (
     map_event,
     parse_event,
 )
-from fraudmesh.tracing import hash_id, hop, setup_tracing
+from fraudmesh.tracing import hash_id, hop, setup_tracing, shutdown_tracing
 
 log = logging.getLogger("fraudmesh.webhooks")
 
@@ -883,3 +883,4 @@ class Webhooks:
 
     async def __del__(self) -> None:
         await self._consumer.stop()
+        shutdown_tracing()  # export the last spans

@@ -112,6 +112,7 @@ class OtlpReceiver:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or _free_port()
         self._spans: list[ReceivedSpan] = []
+        self._bodies: list[bytes] = []
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -129,9 +130,10 @@ class OtlpReceiver:
         body = await request.read()
         if request.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
-        spans = decode(body)
+        # Decoded lazily by readers: the handler stays cheap, so a session
+        # that never looks at spans pays almost nothing for them.
         with self._arrived:
-            self._spans.extend(spans)
+            self._bodies.append(body)
             self.requests += 1
             self._arrived.notify_all()
         return web.Response(
@@ -139,8 +141,15 @@ class OtlpReceiver:
             content_type="application/x-protobuf",
         )
 
+    def _decode_pending(self) -> None:
+        # Caller holds self._lock.
+        for body in self._bodies:
+            self._spans.extend(decode(body))
+        self._bodies.clear()
+
     async def _count(self, request: web.Request) -> web.Response:
         with self._lock:
+            self._decode_pending()
             return web.json_response(
                 {"spans": len(self._spans), "requests": self.requests}
             )
@@ -176,10 +185,12 @@ class OtlpReceiver:
 
     def spans(self) -> list[ReceivedSpan]:
         with self._lock:
+            self._decode_pending()
             return list(self._spans)
 
     def clear(self) -> None:
         with self._lock:
+            self._bodies.clear()
             self._spans.clear()
 
     def wait_for(
@@ -190,6 +201,7 @@ class OtlpReceiver:
         """Spans once ``predicate(spans)`` holds; AssertionError after timeout."""
         deadline = time.monotonic() + timeout_s
         with self._arrived:
+            self._decode_pending()
             while not predicate(list(self._spans)):
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -198,7 +210,8 @@ class OtlpReceiver:
                         f"spans did not arrive within {timeout_s} s; "
                         f"{len(self._spans)} received: {names}"
                     )
-                self._arrived.wait(left)
+                self._arrived.wait(min(left, 0.5))
+                self._decode_pending()
             return list(self._spans)
 
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
