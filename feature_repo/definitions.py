@@ -30,6 +30,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.types import Float64, Int64
 
 from feature_repo import transforms as tf
+from feature_repo.snapshots import TIMESTAMP_FIELD
 
 CUSTOMER_VIEW = "customer_spending"
 TERMINAL_VIEW = "terminal_risk"
@@ -38,7 +39,6 @@ CUSTOMER_PUSH = "customer_spending_push"
 TERMINAL_PUSH = "terminal_risk_push"
 CUSTOMER_FILE = "customer_daily.parquet"
 TERMINAL_FILE = "terminal_daily.parquet"
-TIMESTAMP_FIELD = "snapshot_ts"
 SNAPSHOT_TTL = timedelta(days=1) - timedelta(seconds=1)
 
 customer = Entity(

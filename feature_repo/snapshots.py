@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 
 from feature_repo import transforms as tf
-from feature_repo.definitions import TIMESTAMP_FIELD
+
+# The snapshot tables' timestamp column (UTC midnight of the day a row is for).
+TIMESTAMP_FIELD = "snapshot_ts"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,153 @@
+"""The pure feature functions against small hand-computed cases (no services)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from feature_repo import history as hs
+from feature_repo import transforms as tf
+from feature_repo.snapshots import DayAggregates, customer_rows, terminal_rows
+
+DAY = 86_400
+
+
+def _ts(*args) -> int:
+    return int(datetime(*args, tzinfo=UTC).timestamp())
+
+
+def test_contract_lists_are_consistent():
+    assert len(set(tf.STATIC_FEATURES)) == len(tf.STATIC_FEATURES)
+    assert set(tf.FEATURE_DESCRIPTIONS) == set(tf.STATIC_FEATURES)
+    assert 32 <= tf.HISTORY_LENGTH <= 64
+    assert len(tf.FEATURE_SCHEMA_VERSION) == 16
+
+
+def test_customer_snapshot_windows_hand_computed():
+    counts = np.zeros((1, 31))
+    sums = np.zeros((1, 31))
+    sumsq = np.zeros((1, 31))
+    # day before: payments 10 and 30; 5 days before: 20; 31 days before: 1000.
+    counts[0, -1], sums[0, -1], sumsq[0, -1] = 2, 40, 100 + 900
+    counts[0, -5], sums[0, -5], sumsq[0, -5] = 1, 20, 400
+    counts[0, 0], sums[0, 0], sumsq[0, 0] = 1, 1000, 1e6
+    out = tf.customer_snapshot(counts, sums, sumsq)
+    assert out["customer_count_1d"][0] == 2
+    assert out["customer_mean_amount_1d"][0] == pytest.approx(20)
+    assert out["customer_std_amount_1d"][0] == pytest.approx(10)
+    assert out["customer_count_7d"][0] == 3
+    assert out["customer_mean_amount_7d"][0] == pytest.approx(20)
+    assert out["customer_count_30d"][0] == 3  # the 31-day-old payment is out
+
+
+def test_terminal_snapshot_skips_the_label_delay():
+    counts = np.zeros((1, 38))
+    frauds = np.zeros((1, 38))
+    counts[0, -1], frauds[0, -1] = 5, 5  # yesterday: inside the delay
+    counts[0, -8], frauds[0, -8] = 4, 1  # 8 days ago: the 1-day window
+    out = tf.terminal_snapshot(counts, frauds)
+    assert out["terminal_count_1d"][0] == 4
+    assert out["terminal_fraud_ratio_1d"][0] == pytest.approx(0.25)
+    assert out["terminal_fraud_ratio_30d"][0] == pytest.approx(0.25)
+
+
+def test_snapshot_rows_include_emptied_windows_as_zero():
+    first = 100
+    agg = DayAggregates(
+        keys=np.array(["cus_1"], dtype=object), first_day=first,
+        columns={"count": np.array([[1.0, 0.0]]), "sum": np.array([[5.0, 0.0]]),
+                 "sumsq": np.array([[25.0, 0.0]])})
+    # 31 days after the payment its 30-day window is empty: a zero row, so a
+    # stale online row is overwritten.
+    rows = customer_rows(agg, first + 31)
+    assert len(rows) == 1 and rows["customer_count_30d"].iloc[0] == 0
+    assert customer_rows(agg, first + 32).empty
+    term = DayAggregates(np.array(["term_1"], dtype=object), first,
+                         {"count": np.array([[2.0]]), "fraud": np.array([[1.0]])})
+    assert terminal_rows(term, first + 8)["terminal_fraud_ratio_1d"].iloc[0] == 0.5
+    assert terminal_rows(term, first + 7)["terminal_fraud_ratio_1d"].iloc[0] == 0.0
+
+
+def test_request_features_hour_night_weekend_and_unknown_customer():
+    saturday_3am = _ts(2018, 8, 4, 3, 30)
+    monday_noon = _ts(2018, 8, 6, 12, 0)
+    out = tf.request_features(np.array([100.0, 50.0]),
+                              np.array([saturday_3am, monday_noon]),
+                              np.array([50.0, np.nan]), np.array([10.0, np.nan]))
+    assert out["hour_of_day"].tolist() == [3, 12]
+    assert out["is_night"].tolist() == [1, 0]
+    assert out["is_weekend"].tolist() == [1, 0]
+    assert out["amount_over_usual"].tolist() == [2.0, 1.0]
+    assert out["amount_zscore_30d"][1] == 0.0
+
+
+def _block(events: list[tuple[int, float, bool, int]]) -> tf.HistoryBlock:
+    block = tf.empty_block(1)
+    n = block.mask.shape[1]
+    for j, (t, amount, same, kind) in enumerate(events):
+        col = n - len(events) + j
+        block.unix_s[0, col] = t
+        block.amount[0, col] = amount
+        block.same_terminal[0, col] = same
+        block.kind[0, col] = kind
+        block.mask[0, col] = True
+    return block
+
+
+def test_sequence_is_padded_in_front_most_recent_last():
+    now = _ts(2018, 8, 6, 12)
+    block = _block([(now - 7200, 10.0, True, 0), (now - 3600, 30.0, False, 0)])
+    seq = tf.sequence_features(block, np.array([now]), np.array([30.0]))
+    assert seq.shape == (1, tf.HISTORY_LENGTH, len(tf.SEQUENCE_FEATURES))
+    assert not seq[0, :-2].any()
+    col = {n: i for i, n in enumerate(tf.SEQUENCE_FEATURES)}
+    assert seq[0, -1, col["log_hours_before"]] == pytest.approx(np.log1p(1.0))
+    assert seq[0, -1, col["log_amount_over_current"]] == pytest.approx(0.0)
+    assert seq[0, -2, col["same_terminal"]] == 1.0
+
+
+def test_recency_and_account_change():
+    now = _ts(2018, 8, 6, 12)
+    block = _block([(now - 2 * DAY, 10.0, False, 0), (now - 7200, 0.0, False, 1),
+                    (now - 600, 20.0, True, 0)])
+    out = tf.recency_features(block, np.array([now]), np.array([100.0]))
+    assert out["log_seconds_since_previous"][0] == pytest.approx(np.log1p(600))
+    assert out["payments_last_1h"][0] == 1
+    assert out["payments_last_24h"][0] == 1
+    assert out["account_change_last_24h"][0] == 1
+    assert out["amount_over_history_max"][0] == pytest.approx(101 / 21)
+    assert out["history_length"][0] == 3
+    assert tf.hours_since_account_change(block, np.array([now])) == [2.0]
+    empty = tf.recency_features(tf.empty_block(1), np.array([now]),
+                                np.array([1.0]))
+    assert empty["log_seconds_since_previous"][0] == pytest.approx(
+        np.log1p(tf.NO_EVENT_SECONDS))
+
+
+def test_events_before_excludes_self_later_and_duplicates():
+    ev = [hs.Event(10, 1.0, "t", 0, "pi_1"), hs.Event(30, 3.0, "t", 0, "pi_3"),
+          hs.Event(20, 2.0, "t", 0, "pi_2"), hs.Event(20, 2.0, "t", 0, "pi_2"),
+          hs.Event(25, 0.0, "", 1, "account_change:email")]
+    got = hs.events_before(ev, 30, "pi_3")
+    assert [e.event_id for e in got] == ["pi_1", "pi_2", "account_change:email"]
+    assert hs.events_before(ev, 20, "x") == [ev[0]]  # same second is not before
+    assert hs.decode_event(hs.encode_event(ev[0])) == ev[0]
+
+
+def test_aggregates_from_hashes():
+    agg = hs.aggregates_from_hashes(
+        [{b"term_1:n": b"3", b"term_1:f": b"1"}, {}, {"term_2:n": "2"}], 50,
+        ("n", "f"))
+    assert agg.keys.tolist() == ["term_1", "term_2"]
+    assert agg.columns["count"].tolist() == [[3, 0, 0], [0, 0, 2]]
+    assert agg.columns["fraud"].tolist() == [[1, 0, 0], [0, 0, 0]]
+
+
+def test_static_matrix_fills_missing_with_zero_and_names_absent_columns():
+    cols = {n: np.array([np.nan]) for n in tf.STATIC_FEATURES}
+    assert not tf.static_matrix(cols).any()
+    cols.pop("amount")
+    with pytest.raises(KeyError, match="amount"):
+        tf.static_matrix(cols)
