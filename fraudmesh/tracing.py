@@ -380,7 +380,7 @@ _CARD_RE = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 _IPV4_RE = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6_RE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 _SECRET_RE = re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_\w+|\bwhsec_\w+")
-_STRIPE_ID_RE = re.compile(r"\b(?:pi|ch|cus|pm|py|re|dp|src|card|evt)_[A-Za-z0-9]+\b")
+_STRIPE_ID_RE = re.compile(r"\b(?:pi|ch|cus|pm|py|re|dp|src|evt)_\w+")
 REDACTED = "[redacted]"
 
 
@@ -594,12 +594,36 @@ class Hop:
         ctx = self.span.get_span_context()
         return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
+    _tokens: list[object] = field(default_factory=list, repr=False)
+
     def set(self, **attributes: Any) -> None:
         """Set scrubbed attributes (``decision="block"``) as ``fraudmesh.<name>``."""
         if self.span.is_recording():
             self.span.set_attributes(
                 safe_attributes({_attribute_key(k): v for k, v in attributes.items()})
             )
+
+    def tag_payment(self, payment_id: str) -> None:
+        """Name the payment once it is known inside the hop (after validation).
+
+        Sets the hashed id on the span, in the baggage of :attr:`carrier` (so
+        later hops get it) and in the current context (so this hop's log lines
+        carry it from here on). Undone when the hop ends.
+        """
+        payment_hash = hash_id(payment_id)
+        if self.span.is_recording():
+            self.span.set_attribute(PAYMENT_HASH_KEY, payment_hash)
+        inbound = self.carrier.get("baggage", "")
+        if _baggage_member(inbound, PAYMENT_HASH_KEY) is None:
+            member = f"{PAYMENT_HASH_KEY}={payment_hash}"
+            self.carrier["baggage"] = f"{inbound},{member}" if inbound else member
+        ctx = baggage.set_baggage(PAYMENT_HASH_KEY, payment_hash)
+        self._tokens.append(otel_context.attach(ctx))
+
+    def _release(self) -> None:
+        # Tokens are detached newest first, before the hop's own context.
+        while self._tokens:
+            otel_context.detach(self._tokens.pop())
 
 
 def _attribute_key(name: str) -> str:
@@ -645,7 +669,11 @@ def hop(
         with _span(name, attributes, kind) as span:
             out: dict[str, str] = {}
             propagate.inject(out)
-            yield Hop(span=span, carrier=out)
+            current = Hop(span=span, carrier=out)
+            try:
+                yield current
+            finally:
+                current._release()
     finally:
         otel_context.detach(token)
 
@@ -702,9 +730,11 @@ def _light_hop(
                 f"{inbound_baggage},{member}" if inbound_baggage else member
             )
     token = otel_context.attach(ctx)
+    current = Hop(span=span, carrier=out)
     try:
-        yield Hop(span=span, carrier=out)
+        yield current
     finally:
+        current._release()
         otel_context.detach(token)
 
 

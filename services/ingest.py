@@ -203,6 +203,9 @@ class Ingest:
             )
             if errors:
                 return {"errors": errors}
+            if len(payments) == 1:
+                # Webhook-borne payments reach Ingest first: name them here.
+                h.tag_payment(payments[0].payment_id)
             return {"results": await self._score_valid(payments, h)}
 
     async def _score_valid(self, payments: list[Payment], h: Any) -> list[dict]:

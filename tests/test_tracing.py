@@ -404,3 +404,30 @@ def test_spans_reach_a_real_otlp_http_receiver_and_flush_on_shutdown() -> None:
     assert span.service == "ingress"
     assert span.resource["fraudmesh.model_version"] == "v1"
     assert span.attributes[tracing.PAYMENT_HASH_KEY] == tracing.hash_id("pi_5")
+
+
+@pytest.mark.parametrize("recording", [True, False])
+def test_tag_payment_names_the_payment_after_the_hop_began(recording, memory):
+    if not recording:
+        provider, _ = tracing._build_provider("ingest", {}, {})
+        tracing._install(provider, exporting=False)
+    with tracing.hop("ingest.score", None) as h:
+        assert tracing.current_payment_hash() is None
+        h.tag_payment("pi_test_42")
+        assert tracing.current_payment_hash() == tracing.hash_id("pi_test_42")
+        with tracing.hop("model.score", h.carrier):
+            assert tracing.current_payment_hash() == tracing.hash_id("pi_test_42")
+    assert tracing.current_payment_hash() is None
+    if recording:
+        attrs = {s.name: s.attributes for s in memory.get_finished_spans()}
+        assert attrs["ingest.score"][tracing.PAYMENT_HASH_KEY] == (
+            tracing.hash_id("pi_test_42")
+        )
+        assert attrs["model.score"][tracing.PAYMENT_HASH_KEY] == (
+            tracing.hash_id("pi_test_42")
+        )
+
+
+def test_ids_with_underscores_are_hashed_too() -> None:
+    cleaned = tracing.safe_attributes({"m": "failed for pi_test_ab12 and cus_x_1"})
+    assert "pi_test" not in cleaned["m"] and "cus_x" not in cleaned["m"]
