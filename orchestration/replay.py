@@ -351,11 +351,6 @@ def run_replay(
     """`fraudmesh replay`: stream, then print and write the report; returns it."""
     from orchestration.report import build_report, print_report, write_report
 
-    if stripe:
-        raise DataError(
-            "--stripe: driving the Stripe path is not available in this build; "
-            "replay without --stripe"
-        )
     path = Path(data) if data is not None else default_data_path()
     start_day = parse_day(start, option="--from")
     end_day = parse_day(end, option="--to")
@@ -367,19 +362,38 @@ def run_replay(
         from orchestration.materialize import run_materialize
 
         run_materialize(path, start_day, redis_url=redis_url)
-    result = replay(
-        path,
-        start_day,
-        end_day,
-        url,
-        concurrency=concurrency,
-        rate=rate,
-        batch_size=batch_size,
-        show_progress=show_progress,
-    )
+    stripe_summary = None
+    if stripe:
+        # PaymentIntents in Stripe (or localstripe); webhooks and actuation decide.
+        from orchestration.stripe_replay import print_stripe_summary, replay_stripe
+
+        result, stripe_summary = replay_stripe(
+            path,
+            start_day,
+            end_day,
+            url,
+            rate=rate,
+            redis_url=redis_url,
+            show_progress=show_progress,
+        )
+    else:
+        result = replay(
+            path,
+            start_day,
+            end_day,
+            url,
+            concurrency=concurrency,
+            rate=rate,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
     offline = offline_scores(path, result, models_dir) if agreement else None
     report = build_report(result, offline)
+    if stripe_summary is not None:
+        report["stripe"] = stripe_summary
     print_report(report)
+    if stripe_summary is not None:
+        print_stripe_summary(stripe_summary)
     if report_dir is not None:
         write_report(report, result, Path(report_dir))
     return report

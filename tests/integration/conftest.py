@@ -1,7 +1,8 @@
 """Ray Serve session fixtures: Ray once per test session, the mesh deployed once.
 
 - ``mesh_env``: environment of every replica, applied to ``os.environ`` before
-  ``ray.init`` (other streams add their variables here: Stripe, OTLP).
+  ``ray.init`` (other streams add their variables here: Stripe, OTLP). The
+  Stripe variables point at the ``localstripe`` fixture (tests/conftest.py).
 - ``ray_serve``: Ray started once (``address="local"``, 2 CPUs, no dashboard)
   and Serve's HTTP proxy on a free port; yields the base URL of the proxy.
 - ``mesh_models_dir``: a small model trained on the shipped sample (slow, once).
@@ -34,12 +35,25 @@ def mesh_state_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def mesh_env(mesh_state_dir: Path) -> dict[str, str]:
+def mesh_env(mesh_state_dir: Path, localstripe, otlp_receiver) -> dict[str, str]:
     """Environment variables every replica inherits (set before ``ray.init``)."""
+    from tests.stripe_signing import OLD_SECRET, SECRET
+
     return {
         "FRAUDMESH_STATE_DIR": str(mesh_state_dir),
         "REDIS_URL": TEST_REDIS_URL,
         "FRAUDMESH_TORCH_THREADS": "1",
+        # Stripe: live actuation against the localstripe fixture, a fake test
+        # key, and two webhook secrets as during a rotation.
+        "STRIPE_API_BASE": localstripe.url,
+        "STRIPE_API_KEY": "sk_test_fraudmesh_localstripe",
+        "STRIPE_WEBHOOK_SECRET": f"{SECRET},{OLD_SECRET}",
+        "FRAUDMESH_ACTUATION_MODE": "live",
+        # Tracing: every replica exports its spans over OTLP/HTTP to the
+        # session's receiver (tests/otlp_receiver.py), flushed every 200 ms.
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
 
 
