@@ -39,14 +39,14 @@ async def bench_lookup(tx, url: str, state: Path, day: datetime, n: int,
                        batch: int, store_kind: str) -> None:
     from fraudmesh.config import Settings
     from fraudmesh.schemas import Payment
-    from orchestration.materialize import run_materialize
+    from orchestration.materialize import materialize_async
     from services.features import FeatureClient
 
     settings = Settings(state_dir=state / store_kind, redis_url=url,
                         online_store=store_kind)
     t0 = time.perf_counter()
-    summary = run_materialize(None, day.date(), redis_url=url, settings=settings,
-                              transactions=tx)
+    summary = await materialize_async(None, day.date(), redis_url=url,
+                                      settings=settings, transactions=tx)
     print(f"materialize ({store_kind}) until {day.date()}: {summary.payments} "
           f"payments in {time.perf_counter() - t0:.1f} s")
     rows = tx[(tx["tx_datetime"] >= day)].head(n * batch)

@@ -270,17 +270,31 @@ def sequence_features(
     is_pay = block.kind == EVENT_PAYMENT
     hours_before = np.maximum(now - block.unix_s, 0.0) / 3600.0
     angle = 2 * np.pi * np.mod(block.unix_s, SECONDS_PER_DAY) / SECONDS_PER_DAY
-    columns = [
-        np.where(is_pay, np.log1p(block.amount), 0.0),
-        np.log1p(hours_before),
-        np.where(is_pay, np.log((block.amount + 1.0) / (cur + 1.0)), 0.0),
-        (block.same_terminal & is_pay).astype(np.float64),
-        np.sin(angle),
-        np.cos(angle),
-        (~is_pay).astype(np.float64),
-    ]
-    seq = np.stack(columns, axis=-1) * block.mask[..., None]
-    return seq.astype(np.float32)
+    columns = (
+        lambda: np.where(is_pay, np.log1p(block.amount), 0.0),
+        lambda: np.log1p(hours_before),
+        lambda: np.where(is_pay, np.log((block.amount + 1.0) / (cur + 1.0)), 0.0),
+        lambda: block.same_terminal & is_pay,
+        lambda: np.sin(angle),
+        lambda: np.cos(angle),
+        lambda: ~is_pay,
+    )
+    # Filled one column at a time: a [B, N, E] float64 temporary would cost
+    # gigabytes for a month of payments.
+    seq = np.zeros(block.mask.shape + (len(columns),), dtype=np.float32)
+    for k, column in enumerate(columns):
+        seq[..., k] = np.where(block.mask, column(), 0.0)
+    return seq
+
+
+def _masked_median(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Row medians of ``values`` over ``mask`` (NaN for an empty row)."""
+    ordered = np.sort(np.where(mask, values, np.inf), axis=1)
+    n = mask.sum(axis=1)
+    rows = np.arange(len(n))
+    lo = ordered[rows, np.maximum((n - 1) // 2, 0)]
+    hi = ordered[rows, np.maximum(n // 2, 0)]
+    return np.where(n > 0, (lo + hi) / 2.0, np.nan)
 
 
 def recency_features(
@@ -303,13 +317,9 @@ def recency_features(
     since_prev = np.minimum(since_prev, NO_EVENT_SECONDS)
     since_change = np.minimum(np.where(change, age_s, np.inf).min(axis=1),
                               NO_EVENT_SECONDS)
-    amounts = np.where(pay, block.amount, np.nan)
     has = n_pay > 0
-    with np.errstate(all="ignore"):
-        median = np.where(has, np.nanmedian(np.where(has[:, None], amounts, 0.0),
-                                            axis=1), 1.0)
-        largest = np.where(has, np.nanmax(np.where(has[:, None], amounts, 0.0),
-                                          axis=1), 1.0)
+    median = np.where(has, _masked_median(block.amount, pay), 1.0)
+    largest = np.where(has, np.where(pay, block.amount, -np.inf).max(axis=1), 1.0)
     return {
         "log_seconds_since_previous": np.log1p(since_prev),
         "payments_last_1h": (pay & (age_s < 3600)).sum(axis=1).astype(np.float64),

@@ -65,6 +65,23 @@ def run_materialize(
     Raises DataError for a bad file or date, ConfigError without a Redis URL,
     HistoryStoreError / FeatureStoreError when Redis / Feast fail.
     """
+    return asyncio.run(materialize_async(data, until, redis_url=redis_url,
+                                         settings=settings,
+                                         transactions=transactions))
+
+
+async def materialize_async(
+    data: str | Path | None,
+    until: str | date,
+    *,
+    redis_url: str | None = None,
+    settings: Settings | None = None,
+    transactions: pd.DataFrame | None = None,
+) -> MaterializeSummary:
+    """``run_materialize`` for a caller already in an event loop.
+
+    The Redis warm-up runs in a worker thread; the snapshot push on this loop.
+    """
     started = time.monotonic()
     settings = settings or get_settings()
     url = redis_url or settings.redis_url
@@ -81,22 +98,26 @@ def run_materialize(
     else:
         tx = transactions[transactions["tx_datetime"] < pd.Timestamp(cutoff)]
     day_number = int(cutoff.timestamp()) // tf.SECONDS_PER_DAY
+    await asyncio.to_thread(_warm_redis, url, tx, day_number, cutoff)
+    n_cust, n_term = await _push_snapshot(url, settings, day_number)
+    summary = MaterializeSummary(day, len(tx), tx["customer_key"].nunique(),
+                                 n_cust, n_term, time.monotonic() - started)
+    log.info("materialized %s", summary)
+    return summary
+
+
+def _warm_redis(url: str, tx: pd.DataFrame, day: int, cutoff: datetime) -> None:
     client = redis.Redis.from_url(url)
     try:
         _reset(client)
         _write_history(client, tx)
-        _write_aggregates(client, tx, day_number)
+        _write_aggregates(client, tx, day)
         _write_seen(client, tx, cutoff)
     except RedisError as exc:
         raise HistoryStoreError(f"warming Redis at {_safe(url)} failed: {exc}"
                                 ) from exc
     finally:
         client.close()
-    n_cust, n_term = asyncio.run(_push_snapshot(url, settings, day_number))
-    summary = MaterializeSummary(day, len(tx), tx["customer_key"].nunique(),
-                                 n_cust, n_term, time.monotonic() - started)
-    log.info("materialized %s", summary)
-    return summary
 
 
 def _parse_until(until: str | date) -> date:

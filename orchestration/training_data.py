@@ -27,6 +27,7 @@ from fraudmesh.errors import DataError, FeatureStoreError
 
 log = logging.getLogger("fraudmesh.features.training")
 RETRIEVAL_CHUNK_ROWS = 100_000
+INPUT_CHUNK_ROWS = 32_768
 FRAME_COLUMNS = [
     "payment_key", "transaction_id", "customer_id", "customer_key", "terminal_key",
     "tx_datetime", "tx_time_days", "tx_amount", "tx_fraud",
@@ -69,10 +70,7 @@ def build_examples(
     state = Path(state_dir) if state_dir is not None else _default_state_dir()
     snapshot_dir = ensure_snapshots(transactions, state)
     snapshot = _retrieve(targets, snapshot_dir, state)
-    block = history_blocks(transactions, rows)
-    unix_s = tf_unix(targets)
-    amount = targets["tx_amount"].to_numpy(dtype=np.float64)
-    static, sequence, lengths, _ = tf.model_inputs(snapshot, block, unix_s, amount)
+    static, sequence, lengths = _inputs(transactions, rows, snapshot)
     return Examples(
         frame=_frame(targets, transactions),
         static=static,
@@ -80,6 +78,26 @@ def build_examples(
         lengths=lengths,
         labels=targets["tx_fraud"].to_numpy(dtype=np.float32),
     )
+
+
+def _inputs(tx: pd.DataFrame, rows: np.ndarray, snapshot: dict[str, np.ndarray]):
+    """Model inputs of ``tx.iloc[rows]`` in chunks (bounded temporaries)."""
+    n = len(rows)
+    static = np.zeros((n, len(tf.STATIC_FEATURES)), dtype=np.float32)
+    sequence = np.zeros((n, tf.HISTORY_LENGTH, len(tf.SEQUENCE_FEATURES)),
+                        dtype=np.float32)
+    lengths = np.zeros(n, dtype=np.int64)
+    index = _HistoryIndex(tx)
+    unix_s = tf_unix(tx)
+    amounts = tx["tx_amount"].to_numpy(dtype=np.float64)
+    for lo in range(0, n, INPUT_CHUNK_ROWS):
+        part = rows[lo: lo + INPUT_CHUNK_ROWS]
+        hi = lo + len(part)
+        block = index.blocks(part)
+        snap = {k: v[lo:hi] for k, v in snapshot.items()}
+        static[lo:hi], sequence[lo:hi], lengths[lo:hi], _ = tf.model_inputs(
+            snap, block, unix_s[part], amounts[part])
+    return static, sequence, lengths
 
 
 def _default_state_dir() -> Path:
@@ -225,24 +243,32 @@ def history_blocks(tx: pd.DataFrame, rows: np.ndarray,
                    n: int = tf.HISTORY_LENGTH) -> tf.HistoryBlock:
     """History blocks of ``tx.iloc[rows]``: each customer's last ``n`` payments
     strictly earlier (in seconds) than the payment, most recent last."""
-    unix_s = tf_unix(tx)
-    codes, _ = pd.factorize(tx["customer_key"])
-    order = np.lexsort((unix_s, codes))
-    keys = codes[order].astype(np.int64) * (1 << 34) + unix_s[order]
-    row_keys = codes[rows].astype(np.int64) * (1 << 34) + unix_s[rows]
-    ends = np.searchsorted(keys, row_keys, side="left")
-    firsts = np.searchsorted(keys, codes[rows].astype(np.int64) * (1 << 34),
-                             side="left")
-    idx = ends[:, None] - n + np.arange(n)[None, :]
-    mask = idx >= firsts[:, None]
-    src = order[np.clip(idx, 0, len(order) - 1)]
-    terminals, _ = pd.factorize(tx["terminal_key"])
-    same = terminals[src] == terminals[rows][:, None]
-    amounts = tx["tx_amount"].to_numpy(dtype=np.float64)
-    return tf.HistoryBlock(
-        unix_s=np.where(mask, unix_s[src].astype(np.float64), 0.0),
-        amount=np.where(mask, amounts[src], 0.0),
-        same_terminal=same & mask,
-        kind=np.zeros(mask.shape, dtype=np.int8),
-        mask=mask,
-    )
+    return _HistoryIndex(tx).blocks(rows, n)
+
+
+class _HistoryIndex:
+    """Payments sorted by (customer, time), to gather history blocks quickly."""
+
+    def __init__(self, tx: pd.DataFrame) -> None:
+        self.unix_s = tf_unix(tx)
+        self.codes = pd.factorize(tx["customer_key"])[0].astype(np.int64)
+        self.order = np.lexsort((self.unix_s, self.codes))  # stable: file order
+        self.keys = self.codes[self.order] * (1 << 34) + self.unix_s[self.order]
+        self.terminals = pd.factorize(tx["terminal_key"])[0]
+        self.amounts = tx["tx_amount"].to_numpy(dtype=np.float64)
+
+    def blocks(self, rows: np.ndarray, n: int = tf.HISTORY_LENGTH) -> tf.HistoryBlock:
+        base = self.codes[rows] * (1 << 34)
+        ends = np.searchsorted(self.keys, base + self.unix_s[rows], side="left")
+        firsts = np.searchsorted(self.keys, base, side="left")
+        idx = ends[:, None] - n + np.arange(n)[None, :]
+        mask = idx >= firsts[:, None]
+        src = self.order[np.clip(idx, 0, len(self.order) - 1)]
+        same = self.terminals[src] == self.terminals[rows][:, None]
+        return tf.HistoryBlock(
+            unix_s=np.where(mask, self.unix_s[src].astype(np.float64), 0.0),
+            amount=np.where(mask, self.amounts[src], 0.0),
+            same_terminal=same & mask,
+            kind=np.zeros(mask.shape, dtype=np.int8),
+            mask=mask,
+        )
