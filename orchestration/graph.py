@@ -46,6 +46,7 @@ _OPTION_KEYS = {
     "graceful_shutdown_timeout_s",
     "health_check_period_s",
     "health_check_timeout_s",
+    "logging_config",
 }
 
 
@@ -66,10 +67,18 @@ def app_config(path: Path = SERVE_CONFIG_PATH) -> dict[str, Any]:
 
 
 def deployment_options(name: str, path: Path = SERVE_CONFIG_PATH) -> dict[str, Any]:
-    """The ``.options(...)`` of deployment ``name`` from the serve config."""
-    for entry in app_config(path).get("deployments", []):
+    """The ``.options(...)`` of deployment ``name`` from the serve config.
+
+    The application's ``logging_config`` applies to every deployment that does
+    not set its own.
+    """
+    app = app_config(path)
+    for entry in app.get("deployments", []):
         if entry.get("name") == name:
-            return {k: v for k, v in entry.items() if k in _OPTION_KEYS}
+            options = {k: v for k, v in entry.items() if k in _OPTION_KEYS}
+            if "logging_config" in app:
+                options.setdefault("logging_config", app["logging_config"])
+            return options
     raise ConfigError(str(path), f"deployment {name!r} is not configured")
 
 
