@@ -231,7 +231,7 @@ class EventQueue:
         self._group_ready = True
 
     async def read(
-        self, consumer: str, *, count: int = 16, block_ms: int = 1000
+        self, consumer: str, *, count: int = 32, block_ms: int = 1000
     ) -> list[Entry]:
         """Stale entries of dead consumers first, then new ones (blocking)."""
         await self.ensure_group()
@@ -622,8 +622,24 @@ class Consumer:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 10.0)
                 continue
-            for entry in entries:
+            await self.handle_batch(entries)
+
+    async def handle_batch(self, entries: list[Entry]) -> None:
+        """Entries about different objects concurrently, one object's in order.
+
+        Hazard: two events about one payment (created, then succeeded) must not
+        race, so they share a lane; the version compare-and-set still guards
+        against order across batches and replicas.
+        """
+        lanes: dict[str, list[Entry]] = {}
+        for entry in entries:
+            lanes.setdefault(object_of(entry.body), []).append(entry)
+
+        async def run(lane: list[Entry]) -> None:
+            for entry in lane:
                 await self.handle(entry)
+
+        await asyncio.gather(*(run(lane) for lane in lanes.values()))
 
     async def handle(self, entry: Entry) -> None:
         """Process one entry; ack on success, leave or dead-letter on failure."""
@@ -659,6 +675,24 @@ class Consumer:
         await self.queue.ack(entry)
         self.processed += 1
         log.debug("webhook %s %s: %s", entry.event_id, entry.event_type, done)
+
+
+def object_of(body: bytes) -> str:
+    """The payment (or other object) an event is about, for ordering lanes."""
+    try:
+        obj = json.loads(body)["data"]["object"]
+        meta = obj.get("metadata") or {}
+        ref = (
+            obj.get("payment_intent")
+            or obj.get("customer")
+            or meta.get("customer_id")
+            or obj.get("id")
+        )
+        if isinstance(ref, dict):
+            ref = ref.get("id")
+        return str(ref)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ""
 
 
 # -- receiving ------------------------------------------------------------------------
