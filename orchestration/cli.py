@@ -122,6 +122,23 @@ def replay(
             "--stripe", help="Create each payment as a PaymentIntent in Stripe."
         ),
     ] = False,
+    warm: Annotated[
+        bool,
+        typer.Option(
+            "--materialize",
+            help="First warm the mesh's online state for --from (needs REDIS_URL "
+            "and FRAUDMESH_STATE_DIR of the running mesh); resets its history.",
+        ),
+    ] = False,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Requests in flight at most.")
+    ] = 16,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1, max=1000, help="Payments per request (>1: /v1/score/batch)."
+        ),
+    ] = 1,
 ) -> None:
     """Stream real payments in time order to a running mesh and report."""
     from orchestration.replay import run_replay
@@ -135,6 +152,9 @@ def replay(
             report_dir=report,
             url=url,
             stripe=stripe,
+            materialize=warm,
+            concurrency=concurrency,
+            batch_size=batch_size,
         )
     )
 
