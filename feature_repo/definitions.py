@@ -127,3 +127,17 @@ def online_feature_refs() -> list[str]:
         + [f"{TERMINAL_VIEW}:{n}" for n in tf.TERMINAL_SNAPSHOT_FEATURES]
         + [f"{REQUEST_VIEW}:{n}" for n in tf.REQUEST_FEATURES]
     )
+
+
+def _cli_snapshot_dir() -> Path:
+    import os
+
+    state = os.environ.get("FRAUDMESH_STATE_DIR", ".fraudmesh")
+    return Path(state).expanduser() / "snapshots" / "online"
+
+
+# Module-level objects, so the Feast CLI can read this folder as a repository
+# (`feast -c feature_repo plan`); fraudmesh itself calls build_definitions().
+(_, _, customer_daily, terminal_daily, customer_spending_push, terminal_risk_push,
+ _, customer_spending, terminal_risk, request_context_view) = build_definitions(
+    _cli_snapshot_dir())
