@@ -586,13 +586,21 @@ class Consumer:
         name: str | None = None,
         *,
         block_ms: int = 1000,
+        max_in_flight: int = 64,
     ) -> None:
         self.queue = queue
         self.processor = processor
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.block_ms = block_ms
+        self.max_in_flight = max_in_flight
         self.processed = 0
         self._task: asyncio.Task | None = None
+        # Hazard: two events about one object (created, then succeeded) must not
+        # race, so each object has a lane: an entry starts when the previous one
+        # of its lane is done. Different objects run concurrently. The version
+        # compare-and-set still orders events across replicas.
+        self._lanes: dict[str, asyncio.Task] = {}
+        self._in_flight: dict[str, asyncio.Task] = {}  # entry id -> task
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -603,17 +611,29 @@ class Consumer:
         return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
+        """Cancel the reader and the entries in flight (they stay pending)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
+        tasks = [t for t in (task, *self._in_flight.values()) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await t
 
     async def _run(self) -> None:
         delay_s = 0.5
         while True:
+            free = self.max_in_flight - len(self._in_flight)
+            if free <= 0:
+                await asyncio.wait(
+                    list(self._in_flight.values()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                continue
             try:
-                entries = await self.queue.read(self.name, block_ms=self.block_ms)
+                entries = await self.queue.read(
+                    self.name, count=free, block_ms=self.block_ms
+                )
                 delay_s = 0.5
             except aioredis.RedisError as exc:
                 log.warning(
@@ -622,24 +642,44 @@ class Consumer:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 10.0)
                 continue
-            await self.handle_batch(entries)
+            for entry in entries:
+                self._dispatch(entry)
+
+    def _dispatch(self, entry: Entry) -> None:
+        if entry.entry_id in self._in_flight:
+            return  # our own entry, reclaimed while still being processed
+        lane = object_of(entry.body)
+        previous = self._lanes.get(lane)
+        task = asyncio.get_running_loop().create_task(self._after(previous, entry))
+        self._lanes[lane] = task
+        self._in_flight[entry.entry_id] = task
+
+        def done(t: asyncio.Task, lane: str = lane, eid: str = entry.entry_id) -> None:
+            self._in_flight.pop(eid, None)
+            if self._lanes.get(lane) is t:
+                del self._lanes[lane]
+
+        task.add_done_callback(done)
+
+    async def _after(self, previous: asyncio.Task | None, entry: Entry) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # its outcome is its own business
+        try:
+            await self.handle(entry)
+        except Exception:
+            # Not acknowledged: the entry is delivered again after claim_idle_s.
+            log.warning(
+                "webhook %s failed unexpectedly; it stays pending",
+                entry.event_id,
+                exc_info=True,
+            )
 
     async def handle_batch(self, entries: list[Entry]) -> None:
-        """Entries about different objects concurrently, one object's in order.
-
-        Hazard: two events about one payment (created, then succeeded) must not
-        race, so they share a lane; the version compare-and-set still guards
-        against order across batches and replicas.
-        """
-        lanes: dict[str, list[Entry]] = {}
+        """Process entries as the loop does (lanes per object) and wait for them."""
         for entry in entries:
-            lanes.setdefault(object_of(entry.body), []).append(entry)
-
-        async def run(lane: list[Entry]) -> None:
-            for entry in lane:
-                await self.handle(entry)
-
-        await asyncio.gather(*(run(lane) for lane in lanes.values()))
+            self._dispatch(entry)
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight.values()))
 
     async def handle(self, entry: Entry) -> None:
         """Process one entry; ack on success, leave or dead-letter on failure."""

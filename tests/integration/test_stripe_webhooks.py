@@ -111,8 +111,7 @@ async def deliver(receiver, body: bytes, header: str | None = None):
 
 
 async def drain(queue: EventQueue, consumer: Consumer) -> None:
-    for entry in await queue.read(consumer.name, block_ms=50):
-        await consumer.handle(entry)
+    await consumer.handle_batch(await queue.read(consumer.name, block_ms=50))
 
 
 def pi_obj(pid: str, **extra) -> dict:
