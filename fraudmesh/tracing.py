@@ -320,8 +320,11 @@ def _install(provider: Any, *, exporting: bool) -> None:
     _STATE.tracer = provider.get_tracer(_TRACER_NAME, _package_version())
     _STATE.exporting = exporting
     # The global provider can be set once per process; setup_tracing is the
-    # only caller in production, so this is the first and only time.
-    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+    # only caller in production, so this is the first and only time. Without
+    # export it stays unset, so that libraries with their own telemetry
+    # (FastAPI's native spans, the Redis instrumentation) stay off and cost
+    # nothing.
+    if exporting and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         trace.set_tracer_provider(provider)
 
 
@@ -653,8 +656,7 @@ def hop(
         with _light_hop(carrier, attributes) as light:
             yield light
         return
-    # No carrier: under the current context (a new trace when there is none).
-    parent = propagate.extract(carrier) if carrier else otel_context.get_current()
+    parent = _parent_context(carrier)
     attributes = dict(attributes or {})
     payment_hash = attributes.get(PAYMENT_HASH_KEY)
     if payment_hash:
@@ -676,6 +678,27 @@ def hop(
                 current._release()
     finally:
         otel_context.detach(token)
+
+
+def _parent_context(carrier: Mapping[str, str] | None) -> otel_context.Context:
+    """The context a recorded hop starts under.
+
+    No carrier: the current context (a new trace when there is none). A carrier
+    of the trace that is already current here (FastAPI's own HTTP server span
+    continued the caller's ``traceparent``): the current context, so the hop
+    nests under the local span, with the carrier's baggage. Else the carrier's.
+    """
+    current = otel_context.get_current()
+    if not carrier:
+        return current
+    extracted = propagate.extract(carrier)
+    local = trace.get_current_span(current).get_span_context()
+    remote = trace.get_current_span(extracted).get_span_context()
+    if not (local.is_valid and remote.is_valid and local.trace_id == remote.trace_id):
+        return extracted
+    for key, value in baggage.get_all(extracted).items():
+        current = baggage.set_baggage(key, value, current)
+    return current
 
 
 _TRACEPARENT_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")

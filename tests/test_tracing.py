@@ -431,3 +431,34 @@ def test_tag_payment_names_the_payment_after_the_hop_began(recording, memory):
 def test_ids_with_underscores_are_hashed_too() -> None:
     cleaned = tracing.safe_attributes({"m": "failed for pi_test_ab12 and cus_x_1"})
     assert "pi_test" not in cleaned["m"] and "cus_x" not in cleaned["m"]
+
+
+def test_a_hop_nests_under_a_local_server_span_of_the_same_trace(memory) -> None:
+    # FastAPI's native telemetry continues the caller's traceparent in its own
+    # HTTP span; the ingress hop, handed the same header, nests under it.
+    from opentelemetry import propagate
+
+    header = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_PARENT}-01"}
+    http_tracer = tracing.tracer()
+    with (
+        http_tracer.start_as_current_span(
+            "POST /v1/score", context=propagate.extract(header)
+        ) as http_span,
+        tracing.hop("ingress.score", header),
+    ):
+        pass
+    spans = {s.name: s for s in memory.get_finished_spans()}
+    assert spans["ingress.score"].parent.span_id == http_span.get_span_context().span_id
+    assert format(spans["POST /v1/score"].parent.span_id, "016x") == CALLER_PARENT
+
+
+def test_without_export_no_global_provider_is_set() -> None:
+    from opentelemetry import trace as otel_trace
+
+    before = otel_trace.get_tracer_provider()
+    provider, _ = tracing._build_provider("ingress", {}, {})
+    tracing._install(provider, exporting=False)
+    try:
+        assert otel_trace.get_tracer_provider() is before
+    finally:
+        tracing._uninstall()
