@@ -498,7 +498,7 @@ def test_environment_is_what_fraudmesh_settings_expects(
     assert settings.effective_actuation_mode.value == mode
     registry = settings.feast_registry
     if target == "dev":
-        assert registry == "/var/lib/fraudmesh/feast/registry.db"
+        assert registry == "/tmp/fraudmesh/feast/registry.db"
     else:  # the PostgreSQL SQL registry URL, from a Secret
         assert registry == "secret:fraudmesh-feast-registry"
 
