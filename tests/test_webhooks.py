@@ -70,3 +70,41 @@ def test_peek_reads_id_and_type():
     event_id, etype = peek(BODY)
     assert etype == "payment_intent.created" and event_id.startswith("evt_")
     assert etype in HANDLED_TYPES
+
+
+def test_replay_signs_as_stripe_does():
+    from orchestration.stripe_replay import event_from_object, signature_header
+
+    body = event_from_object("payment_intent.created", {"id": "pi_9"}, event_id="e")
+    verify(body, signature_header(body, SECRET), [SECRET])
+
+
+def test_replay_intents_carry_no_card_data():
+    import pandas as pd
+
+    from orchestration.stripe_replay import intent_params
+
+    row = {
+        "tx_amount": 12.5,
+        "customer_key": "cus_1",
+        "terminal_key": "term_2",
+        "payment_key": "pi_3",
+        "tx_datetime": pd.Timestamp("2018-08-29 01:00", tz="UTC"),
+    }
+    params = intent_params(row)
+    assert params["amount"] == 1250 and params["payment_method"] == "pm_card_visa"
+    assert params["metadata"]["fraudmesh_created"] == "1535504400"
+
+
+def test_lanes_follow_the_payment_or_customer():
+    from services.webhooks import object_of
+
+    charge = event_body("charge.succeeded", {"id": "ch_1", "payment_intent": "pi_1"})
+    intent = event_body("payment_intent.created", {"id": "pi_2", "customer": "cus_1"})
+    guest = event_body(
+        "payment_intent.created", {"id": "pi_3", "metadata": {"customer_id": "cus_9"}}
+    )
+    assert object_of(charge) == "pi_1"
+    assert object_of(intent) == "cus_1"
+    assert object_of(guest) == "cus_9"
+    assert object_of(b"not json") == ""
