@@ -12,8 +12,11 @@ returns one store per (settings, snapshot dir) per process.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -114,14 +117,31 @@ def open_store(
     return store
 
 
+@contextmanager
+def _apply_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (POSIX flock), held for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _open(settings: Settings, snapshot_dir: Path, registry_path: Path | None):
     from feast import FeatureStore
 
     from feature_repo.definitions import build_definitions
 
     try:
-        store = FeatureStore(config=repo_config(settings, registry_path=registry_path))
-        store.apply(build_definitions(snapshot_dir))
+        config = repo_config(settings, registry_path=registry_path)
+        # Replicas starting together would each rewrite a file registry; a file
+        # lock beside the state serialises them (the SQL registry has its own
+        # transactions). Creating the store also writes the registry file.
+        with _apply_lock(feast_dir(settings) / "apply.lock"):
+            store = FeatureStore(config=config)
+            store.apply(build_definitions(snapshot_dir))
     except ConfigError:
         raise
     except (OSError, ValueError, RuntimeError) as exc:
