@@ -649,3 +649,37 @@ def test_jobs_and_mesh_share_state_and_environment(target: str) -> None:
             text = yaml.safe_dump(resource)
             assert "claimName: fraudmesh-state" in text
     assert one(items, "PersistentVolumeClaim", "fraudmesh-state")
+
+
+def test_generator_notices_a_changed_serve_config(tmp_path: Path) -> None:
+    config = serve_config()
+    config["applications"][0]["deployments"][0]["autoscaling_config"][
+        "max_replicas"
+    ] += 1
+    changed = tmp_path / "serve_config.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    assert k8s.stale_files(changed) == [k8s.SERVE_CONFIG_PATCH_PATH]
+    assert k8s.stale_files() == []
+
+
+def test_generator_cli_check_exits_zero_when_current() -> None:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(k8s.app, ["--check"])
+    assert result.exit_code == 0, result.output
+
+
+def test_serve_config_without_policy_is_a_config_error(tmp_path: Path) -> None:
+    from fraudmesh.errors import ConfigError
+
+    config = serve_config()
+    deployments = config["applications"][0]["deployments"]
+    config["applications"][0]["deployments"] = [
+        d for d in deployments if d["name"] != k8s.POLICY_DEPLOYMENT
+    ]
+    with pytest.raises(ConfigError, match="Policy"):
+        k8s.policy_thresholds(config)
+    broken = tmp_path / "serve_config.yaml"
+    broken.write_text("proxy_location: EveryNode\n")
+    with pytest.raises(ConfigError, match="applications"):
+        k8s.load_serve_config(broken)
