@@ -6,9 +6,10 @@ it directly; the ``Features`` deployment wraps it (same method names, plus a
 
 - ``await client.lookup(payments) -> list[ModelInput]``: Feast online features and
   the behaviour history strictly *before* each payment, in input order. Reads only,
-  except at a day boundary (below). An unknown customer or terminal gets zero
-  snapshot features and an empty history. Earlier payments of the same batch
-  count as history of later ones, as offline.
+  except at a day boundary (below), where the batch's payments of the earlier day
+  are recorded first (idempotent) so the new day's snapshot counts them. An
+  unknown customer or terminal gets zero snapshot features and an empty history.
+  Earlier payments of the same batch count as history of later ones, as offline.
 - ``await client.record(payments)``: append each payment to its customer's
   history (atomic append-and-trim) and to the per-day aggregates; a payment id
   already recorded is skipped (``SET NX`` in the same Lua script).
@@ -170,9 +171,14 @@ class FeatureClient:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for c in customers:
                         pipe.lrange(hs.history_key(c), 0, -1)
-                    raw = await pipe.execute()
+                    pipe.get(hs.SNAPSHOT_LATEST_KEY)
+                    *raw, latest = await pipe.execute()
         except RedisError as exc:
             raise HistoryStoreError(f"reading the history failed: {exc}") from exc
+        if latest is None or int(latest) < self._snapshot_day:
+            # The state was reset (materialize) behind this replica's back: forget
+            # the cached day, so the next day boundary is built again.
+            self._snapshot_day = -1 if latest is None else int(latest)
         stored = {c: [hs.decode_event(e) for e in r] for c, r in zip(customers, raw,
                                                                      strict=True)}
         for p, t in zip(payments, times, strict=True):  # the batch's own payments

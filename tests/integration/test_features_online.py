@@ -172,6 +172,7 @@ class _CountingClient(FeatureClient):
 
 async def test_day_boundary_push_happens_once(clean_redis, tmp_path):
     settings = _settings(tmp_path, clean_redis)
+    _CountingClient.builds = 0
     clients = [_CountingClient(clean_redis, settings) for _ in range(3)]
     await clients[0].record([_payment("pi_y", "cus_b", DAY - timedelta(hours=1))])
     first = [_payment(f"pi_b{i}", "cus_b", DAY + timedelta(minutes=i))
@@ -269,3 +270,23 @@ async def test_materialize_errors_name_the_file_and_date(clean_redis, tmp_path):
         await materialize_async(SAMPLE_PATH, "2018-02-30", settings=settings)
     with pytest.raises(DataError, match="before --until 2000-01-01"):
         await materialize_async(SAMPLE_PATH, "2000-01-01", settings=settings)
+
+
+async def test_a_running_client_notices_a_materialize_reset(small_tx, clean_redis,
+                                                            tmp_path):
+    settings = _settings(tmp_path, clean_redis)
+    await materialize_async(None, DAY.date(), settings=settings,
+                            transactions=small_tx)
+    _CountingClient.builds = 0
+    client = _CountingClient(clean_redis, settings)
+    later = DAY + timedelta(days=1, hours=1)
+    try:
+        await client.lookup([_payment("pi_r1", "cus_r", later)])
+        assert _CountingClient.builds == 1
+        await materialize_async(None, DAY.date(), settings=settings,
+                                transactions=small_tx)
+        await client.lookup([_payment("pi_r2", "cus_r", later)])  # sees the reset
+        await client.lookup([_payment("pi_r3", "cus_r", later)])
+        assert _CountingClient.builds == 2
+    finally:
+        await client.close()
