@@ -270,3 +270,38 @@ def test_radar_highest_risk_on_the_charge_blocks_the_payment(
         else []
     )
     assert live.status == "canceled" or refunds
+
+
+def test_an_event_taken_by_a_replica_that_died_is_processed_by_another(
+    client, stripe_api, rstate
+):
+    """Accepted (verified, queued), then read by a replica that died before
+    acknowledging it: a live Webhooks replica claims it once it has been idle for
+    ``claim_idle_s`` (30 s in serve_config.yaml) and processes it."""
+    from services.webhooks import GROUP, STREAM, seen_key
+
+    intent = new_intent(stripe_api)
+    body = event_body("payment_intent.created", intent)
+    event_id = f"evt_dead_replica_{intent['id']}"
+    rstate.set(seen_key(event_id), event_id, ex=3600)
+    # Queued and, in the same transaction, read by the replica that then dies:
+    # the entry is pending under its name and no live consumer got it.
+    with rstate.pipeline(transaction=True) as pipe:
+        pipe.xadd(
+            STREAM,
+            {
+                "id": event_id,
+                "type": "payment_intent.created",
+                "body": body.decode(),
+                "arrived": repr(time.time()),
+            },
+        )
+        pipe.xreadgroup(GROUP, "replica-that-died", {STREAM: ">"}, count=1)
+        _, taken = pipe.execute()
+    [[_stream, [(_entry_id, fields)]]] = taken
+    assert fields["id"] == event_id
+    assert not rstate.exists(payment_key(intent["id"]))
+    state = wait_state(rstate, intent["id"], timeout_s=90)
+    assert state["decision"] in EXPECTED_STATUS
+    pending = rstate.xpending_range(STREAM, GROUP, min="-", max="+", count=1000)
+    assert all(p["consumer"] != "replica-that-died" for p in pending)
