@@ -422,6 +422,20 @@ def test_serve_config_v2_is_the_projects_serve_config(target: str) -> None:
     assert embedded == source
 
 
+def test_serve_config_v2_is_a_valid_ray_serve_deploy_config() -> None:
+    # Ray Serve's own schema of a multi-application config (what KubeRay submits to
+    # the dashboard's REST API); importing it starts no Ray.
+    from ray.serve.schema import ServeDeploySchema
+
+    embedded = yaml.safe_load(
+        one(resources("prod"), "RayService")["spec"]["serveConfigV2"]
+    )
+    schema = ServeDeploySchema.model_validate(embedded)
+    assert schema.http_options.host == "0.0.0.0"
+    names = {d.name for app in schema.applications for d in app.deployments}
+    assert {"Ingress", "Ingest", "Features", "Model", "Policy", "Actuation"} <= names
+
+
 def test_cluster_serve_config_changes_only_the_host() -> None:
     source = serve_config()
     before = copy.deepcopy(source)
