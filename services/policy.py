@@ -241,6 +241,20 @@ def contexts_for(
     return out
 
 
+def enforced(outcome: PolicyDecision, action: Mapping[str, Any] | None) -> dict:
+    """The decision in force and its reasons.
+
+    When Stripe could not be reached (Actuation's circuit breaker is open), the
+    decision in force is Actuation's configured safe decision, and the reasons
+    say so.
+    """
+    fallback = (action or {}).get("fallback_decision")
+    if not fallback:
+        return {"decision": outcome.decision.value, "reasons": outcome.reasons}
+    note = (action or {}).get("note") or f"fell back to the safe decision {fallback}"
+    return {"decision": fallback, "reasons": [*outcome.reasons, note]}
+
+
 def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -293,8 +307,7 @@ class Policy:
             {
                 "payment_id": p.payment_id,
                 "score": float(s["score"]),
-                "decision": o.decision.value,
-                "reasons": o.reasons,
+                **enforced(o, a),
                 "model_version": s["model_version"],
                 "actuation_mode": (a or {}).get("mode", "dry-run"),
                 "action": a,

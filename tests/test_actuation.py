@@ -221,3 +221,22 @@ def test_live_without_key_is_a_config_error(monkeypatch):
     monkeypatch.delenv("STRIPE_API_KEY", raising=False)
     with pytest.raises(ConfigError, match="STRIPE_API_KEY"):
         StripeActuator(Settings(actuation_mode="live"))
+
+
+def test_the_safe_fallback_is_the_decision_in_force_and_says_so():
+    from services.policy import PolicyDecision, enforced
+
+    outcome = PolicyDecision(Decision.ALLOW, ["risk 0.05 is below ..."], 0.05)
+    assert enforced(outcome, {"mode": "live", "status": "done"}) == {
+        "decision": "allow",
+        "reasons": ["risk 0.05 is below ..."],
+    }
+    action = {
+        "mode": "live",
+        "status": "skipped",
+        "fallback_decision": "review",
+        "note": "Stripe circuit breaker open ...: fell back to 'review'",
+    }
+    out = enforced(outcome, action)
+    assert out["decision"] == "review"
+    assert out["reasons"][-1].startswith("Stripe circuit breaker open")
