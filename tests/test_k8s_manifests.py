@@ -510,6 +510,7 @@ def test_environment_is_what_fraudmesh_settings_expects(
     assert settings.stripe_api_key is not None
     mode = {"base": "dry-run", "dev": "dry-run", "prod": "live"}[target]
     assert settings.effective_actuation_mode.value == mode
+    assert env["FRAUDMESH_LOG_FORMAT"] == "json"  # fraudmesh/logging.py reads it
     registry = settings.feast_registry
     if target == "dev":
         assert registry == "/tmp/fraudmesh/feast/registry.db"
