@@ -32,13 +32,14 @@ FAST = ActuationConfig(
 
 
 @pytest.fixture
-def settings(localstripe, monkeypatch) -> Settings:
+def settings(localstripe, monkeypatch):
     monkeypatch.setenv("STRIPE_API_KEY", FAKE_KEY)
     monkeypatch.setenv("STRIPE_API_BASE", localstripe.url)
     monkeypatch.setenv("FRAUDMESH_ACTUATION_MODE", "live")
     localstripe.clear_faults()
     localstripe.clear_requests()
-    return Settings()
+    yield Settings()
+    localstripe.clear_faults()  # never leave faults for the tests after this one
 
 
 @pytest.fixture
