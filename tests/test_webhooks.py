@@ -108,3 +108,36 @@ def test_lanes_follow_the_payment_or_customer():
     assert object_of(intent) == "cus_1"
     assert object_of(guest) == "cus_9"
     assert object_of(b"not json") == ""
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "STRIPE_WEBHOOK_SECRET"),
+        ({"STRIPE_WEBHOOK_SECRET": "whsec_x"}, "STRIPE_API_KEY"),
+        (
+            {"STRIPE_WEBHOOK_SECRET": "whsec_x", "STRIPE_API_KEY": "sk_live_x"},
+            "refuses a live key",
+        ),
+    ],
+)
+def test_replay_stripe_needs_a_secret_and_a_test_key(monkeypatch, env, message):
+    from typer.testing import CliRunner
+
+    from fraudmesh.config import get_settings
+    from orchestration.cli import app
+
+    for name in ("STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            app, ["replay", "--stripe", "--from", "2018-08-29", "--to", "2018-08-29"]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
