@@ -79,6 +79,7 @@ STATE_TTL_S = 90 * 24 * 3600
 PREFIX = "fraudmesh:stripe:"
 STREAM = PREFIX + "events"
 DEAD_STREAM = PREFIX + "events:dead"
+DEAD_MAXLEN = 100_000  # the newest dead letters are kept for inspection
 GROUP = "fraudmesh-webhooks"
 
 
@@ -235,6 +236,16 @@ class EventQueue:
     ) -> list[Entry]:
         """Stale entries of dead consumers first, then new ones (blocking)."""
         await self.ensure_group()
+        try:
+            return await self._read(consumer, count, block_ms)
+        except aioredis.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                # The stream or group vanished (Redis flushed or restored):
+                # recreate it on the next read.
+                self._group_ready = False
+            raise
+
+    async def _read(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
         claimed = await self._redis.xautoclaim(
             self.stream,
             self.group,
@@ -287,7 +298,9 @@ class EventQueue:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xadd(
                 DEAD_STREAM,
-                {
+                maxlen=DEAD_MAXLEN,
+                approximate=True,
+                fields={
                     "id": entry.event_id,
                     "type": entry.event_type,
                     "body": entry.body,

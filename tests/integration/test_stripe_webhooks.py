@@ -321,3 +321,14 @@ async def test_unusable_event_is_dead_lettered(mesh, redis_client):
     await drain(queue, consumer)
     assert await redis_client.xlen(DEAD_STREAM) == before + 1
     assert await queue.pending() == 0
+
+
+async def test_queue_recovers_when_the_stream_and_group_vanish(mesh, redis_client):
+    receiver, queue, graph, consumer = mesh
+    await queue.ensure_group()
+    await redis_client.delete(queue.stream)  # e.g. Redis flushed under us
+    with pytest.raises(aioredis.ResponseError):
+        await queue.read(consumer.name, block_ms=10)
+    await deliver(receiver, event_body("payment_intent.created", pi_obj(uid("pi"))))
+    await drain(queue, consumer)
+    assert len(graph.of("score")) == 1
