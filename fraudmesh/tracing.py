@@ -38,6 +38,7 @@ instrumentation and direct ``span.set_attribute`` calls included).
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -385,8 +386,12 @@ _IPV6_RE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![
 _SECRET_RE = re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_\w+|\bwhsec_\w+")
 _STRIPE_ID_RE = re.compile(r"\b(?:pi|ch|cus|pm|py|re|dp|src|evt)_\w+")
 REDACTED = "[redacted]"
+# Every pattern above needs one of these: "@" (email), ":" (IPv6), "_" (keys,
+# ids), a digit-dot-digit (IPv4) or four digits in a row, maybe spaced (card).
+_SUSPECT_RE = re.compile(r"[@:_]|\d\.\d|(?:\d[ -]?){3}\d")
 
 
+@functools.lru_cache(maxsize=4096)  # attribute keys are a small, fixed set
 def _key_is_forbidden(key: str) -> bool:
     if key in _ALLOWED_KEYS:
         return False
@@ -417,6 +422,8 @@ def _is_ip(text: str) -> bool:
 
 def _scrub_text(text: str) -> str:
     """``text`` with emails, card numbers, IPs, secrets and raw Stripe ids masked."""
+    if not _SUSPECT_RE.search(text):
+        return text  # the common case: nothing the patterns below could match
     if _is_ip(text.strip()):
         return REDACTED
     text = _EMAIL_RE.sub(REDACTED, text)
