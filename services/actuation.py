@@ -490,7 +490,10 @@ class StripeActuator:
         }
         if self.mode is ActuationMode.SHADOW:
             chosen = make_plan(None)
-            record.update(_summary(chosen), status="shadow", calls=[])
+            # The action it stands for, and no call: shadow never talks to Stripe.
+            record.update(
+                _summary(Plan(chosen.action, (), chosen.note)), status="shadow"
+            )
             return record
         if not self.breaker.allow(self._clock()):
             return self._fallback(record, payment_id, make_plan)
@@ -755,7 +758,6 @@ class Actuation:
 
     async def mode(self) -> str:
         return self._actuator.mode.value
-
 
     def __del__(self) -> None:
         # Serve calls this on a graceful shutdown: export the last spans.
