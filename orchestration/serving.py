@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 APP_NAME = "fraudmesh"
 READY_TIMEOUT_S = 180.0
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
 
 
 class MeshStartError(FraudmeshError):
@@ -98,7 +98,12 @@ class Mesh:
         if self._stopped:
             return
         self._stopped = True
-        _bounded(lambda: _shutdown_ray(self.owns_ray), timeout_s, "Ray Serve")
+        # The app first (replicas drain and flush their spans), then Ray, which
+        # takes the controller and proxies with it: serve.shutdown() waits for
+        # proxy draining and can take half a minute on a loaded machine.
+        _bounded(_delete_app, timeout_s, "the fraudmesh app")
+        if self.owns_ray:
+            _bounded(_shutdown_ray, 15.0, "Ray")
         if self.valkey is not None:
             _bounded(lambda: self.valkey.stop(timeout=5.0), 10.0, "Valkey")
         for key, value in self.saved_env.items():
@@ -117,13 +122,16 @@ class Mesh:
         self.stop()
 
 
-def _shutdown_ray(owns_ray: bool) -> None:
-    import ray
+def _delete_app() -> None:
     from ray import serve
 
-    serve.shutdown()
-    if owns_ray:
-        ray.shutdown()
+    serve.delete(APP_NAME)
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
 
 
 def _bounded(work: Callable[[], None], timeout_s: float, what: str) -> None:
@@ -256,11 +264,13 @@ def run_serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     def _on_signal(signum: int, _frame: Any) -> None:
         stop.set()
 
-    previous = {
-        sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in signals}
     try:
         mesh = start_mesh(host, port)
+        # ray.init installs handlers of its own (a SIGTERM log dump): ours again.
+        for sig in signals:
+            signal.signal(sig, _on_signal)
         print(f"fraudmesh is serving on {mesh.url} (Ctrl-C to stop)", flush=True)
         try:
             stop.wait()
