@@ -26,7 +26,13 @@ from typing import Any
 
 from fraudmesh import tracing
 
-__all__ = ["JsonFormatter", "TEXT_FORMAT", "TraceContextFilter", "setup_logging"]
+__all__ = [
+    "JsonFormatter",
+    "TEXT_FORMAT",
+    "TraceContextFilter",
+    "ensure_logging",
+    "setup_logging",
+]
 
 TEXT_FORMAT = (
     "%(asctime)s %(levelname)s %(name)s [%(deployment)s trace=%(trace_id)s "
@@ -132,3 +138,17 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(level)
     return handler
+
+
+def ensure_logging(deployment: str | None = None) -> None:
+    """The trace filter on every root handler; a handler of ours when there is none.
+
+    A Ray Serve replica starts with no root handler, so the warnings of
+    ``services.*`` would be printed bare by Python's last-resort handler; here
+    they get :data:`TEXT_FORMAT` (or JSON) on stderr, which Ray writes to the
+    replica's worker log. Level from ``FRAUDMESH_LOG_LEVEL`` (default INFO).
+    """
+    install_filter(deployment)
+    if not logging.getLogger().handlers:
+        level = os.environ.get("FRAUDMESH_LOG_LEVEL", "INFO").upper()
+        setup_logging(level, deployment=deployment)

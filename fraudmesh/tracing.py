@@ -114,7 +114,8 @@ def setup_tracing(service_name: str, **resource_attributes: Any) -> None:
     replica id are added from ``serve.get_replica_context()``.
 
     Also installs the logging filter (:mod:`fraudmesh.logging`) on the root
-    handlers, so every log line carries the trace id.
+    handlers (and a stderr handler where there is none, as in a fresh
+    replica), so every log line carries the trace id.
     """
     with _LOCK:
         if _STATE.provider is not None:
@@ -132,7 +133,7 @@ def setup_tracing(service_name: str, **resource_attributes: Any) -> None:
     # Imported here: fraudmesh.logging imports this module.
     from fraudmesh import logging as fm_logging
 
-    fm_logging.install_filter(deployment=_STATE.deployment)
+    fm_logging.ensure_logging(deployment=_STATE.deployment)
     _log.debug(
         "tracing set up for %s (export %s)",
         service_name,

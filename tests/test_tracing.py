@@ -462,3 +462,46 @@ def test_without_export_no_global_provider_is_set() -> None:
         assert otel_trace.get_tracer_provider() is before
     finally:
         tracing._uninstall()
+
+
+_LOG_SCRIPT = """
+import logging
+from fraudmesh import tracing
+tracing.setup_tracing("policy")
+assert not tracing.is_exporting()
+with tracing.hop("policy.decide", None, tracing.payment_attributes("pi_9")) as h:
+    logging.getLogger("services.policy").warning("declined: %s", "velocity")
+print(h.trace_id)
+"""
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_fresh_process_logs_lines_with_trace_and_payment(log_format) -> None:
+    # A new interpreter, as a replica is: setup_tracing is the only set-up.
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["FRAUDMESH_LOG_FORMAT"] = log_format
+    done = subprocess.run(
+        [sys.executable, "-c", _LOG_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    trace_id = done.stdout.strip()
+    [line] = [x for x in done.stderr.splitlines() if "declined" in x]
+    payment_hash = tracing.hash_id("pi_9")
+    if log_format == "json":
+        entry = json.loads(line)
+        assert entry["trace_id"] == trace_id
+        assert entry["payment_hash"] == payment_hash
+        assert entry["deployment"] == "policy"
+        assert entry["message"] == "declined: velocity"
+    else:
+        assert f"trace={trace_id}" in line
+        assert f"payment={payment_hash}" in line
+        assert "[policy " in line
