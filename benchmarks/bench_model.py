@@ -35,6 +35,7 @@ def untrained_scorer() -> Scorer:
         hidden=cfg.hidden,
         static_hidden=cfg.static_hidden,
         dropout=cfg.dropout,
+        max_events=cfg.max_events,
     )
     norm = Normaliser(
         [False] * f, [0.0] * f, [1.0] * f, [False] * e, [0.0] * e, [1.0] * e

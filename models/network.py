@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-ENCODERS = ("gru", "attention")
+ENCODERS = ("gru", "attention", "none")
 
 
 def left_to_right_padded(sequence: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -45,8 +45,10 @@ class FraudNet(nn.Module):
         hidden: int = 32,
         static_hidden: int = 128,
         dropout: float = 0.1,
+        max_events: int | None = None,
     ) -> None:
         super().__init__()
+        self.max_events = max_events
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
         self.encoder = encoder
@@ -55,6 +57,8 @@ class FraudNet(nn.Module):
         if encoder == "gru":
             self.rnn = nn.GRU(hidden, hidden, batch_first=True)
             seq_out = hidden
+        elif encoder == "none":
+            seq_out = 0
         else:
             self.event_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU())
             seq_out = 2 * hidden
@@ -76,6 +80,8 @@ class FraudNet(nn.Module):
         self, sequence: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
         has = (lengths > 0).unsqueeze(1).to(sequence.dtype)
+        if self.encoder == "none":
+            return sequence.new_zeros((sequence.shape[0], 0))
         if sequence.shape[1] == 0:
             width = self.hidden if self.encoder == "gru" else 2 * self.hidden
             return sequence.new_zeros((sequence.shape[0], width))
@@ -104,6 +110,9 @@ class FraudNet(nn.Module):
     ) -> torch.Tensor:
         """Fraud logits [B] of ``static`` [B, F], ``sequence`` [B, N, E], lengths."""
         lengths = lengths.to(torch.int64)
+        if self.max_events is not None and sequence.shape[1] > self.max_events:
+            sequence = sequence[:, -self.max_events :]
+            lengths = lengths.clamp(max=self.max_events)
         seq = self._encode_sequence(sequence, lengths)
         has = (lengths > 0).unsqueeze(1).to(static.dtype)
         joined = torch.cat([seq, self.static_mlp(static), has], dim=1)

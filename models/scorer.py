@@ -68,6 +68,7 @@ class Scorer:
                 hidden=int(spec["hidden"]),
                 static_hidden=int(spec["static_hidden"]),
                 dropout=float(spec["dropout"]),
+                max_events=spec.get("max_events"),
             )
             net.load_state_dict(artifact.state_dict)
             normaliser = Normaliser.from_dict(meta["normalisation"])

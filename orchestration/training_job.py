@@ -28,7 +28,7 @@ from models.training import TrainConfig, TrainResult, train_model
 logger = logging.getLogger(__name__)
 
 # Chosen by measurement on the backtest (README, "Training and backtest").
-DEFAULT_TRAIN_DAYS = 28
+DEFAULT_TRAIN_DAYS = 42
 MIN_TRAIN_DAYS = 3
 BUILD_CHUNK_DAYS = 7
 
@@ -192,6 +192,7 @@ def artifact_metadata(outcome: FitOutcome, data_path: Path) -> dict:
             "hidden": cfg.hidden,
             "static_hidden": cfg.static_hidden,
             "dropout": cfg.dropout,
+            "max_events": cfg.max_events,
         },
         "normalisation": result.normaliser.to_dict(),
         "train_config": cfg.to_dict(),

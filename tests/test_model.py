@@ -35,7 +35,8 @@ def synthetic(n: int = 3000, seed: int = 0):
 
 def small_config(**kw) -> TrainConfig:
     base = dict(
-        max_epochs=3,
+        max_epochs=4,
+        negative_fraction=1.0,
         patience=3,
         hidden=8,
         static_hidden=16,
@@ -57,6 +58,7 @@ def save(tmp_path, result, **extra):
             "hidden": result.config.hidden,
             "static_hidden": result.config.static_hidden,
             "dropout": result.config.dropout,
+            "max_events": result.config.max_events,
         },
         "normalisation": result.normaliser.to_dict(),
         **extra,
@@ -77,7 +79,7 @@ def test_left_to_right_padding_keeps_order():
     assert out[1, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
 
 
-@pytest.mark.parametrize("encoder", ["gru", "attention"])
+@pytest.mark.parametrize("encoder", ["gru", "attention", "none"])
 def test_network_ignores_padding_and_handles_empty_history(encoder):
     torch.manual_seed(0)
     net = FraudNet(F, E, encoder=encoder, hidden=8, static_hidden=8).eval()
