@@ -6,12 +6,14 @@ Two parts, both printed:
    spans with a carrier handed from one to the next, as the mesh does, plus
    four client spans), with tracing absent (plain calls), set up without an
    endpoint (trace ids only, nothing recorded), and exporting over OTLP/HTTP to
-   a real receiver in this process. Microseconds per payment.
+   a real receiver in a child process. Microseconds per payment, wall and CPU.
 2. ``mesh`` (``--mesh``): the real mesh twice in one Ray instance, one
    application with tracing exporting to the receiver and one without an
    endpoint, fed the same real payments alternately: p50 / p99 of single
    payments at ``--rate`` (open loop) and the most payments per second
-   (closed loop). Needs a trained model (``fraudmesh train`` or the demo).
+   (closed loop), and the CPU time the app's replicas spend per payment at that
+   rate (steadier than latency when other work shares the machine). Needs a
+   trained model (``fraudmesh train`` or the demo) and ``REDIS_URL``.
 
     .venv/bin/python benchmarks/bench_tracing.py            # hops only
     REDIS_URL=redis://127.0.0.1:6379/14 \\
@@ -186,18 +188,42 @@ def _app(config_path: Path, models_dir: Path | None) -> Any:
     return build_app(models_dir=models_dir, config_path=config_path)
 
 
+def _replica_cpu_s(app: str) -> float:
+    """CPU seconds used so far by this run's replicas of ``app``.
+
+    Replicas are found among this process's descendants (the Ray instance it
+    started) by their process title, ``ray::ServeReplica:<app>:<deployment>``,
+    so other meshes on the machine are not counted.
+    """
+    import psutil
+
+    total = 0.0
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline())
+            if f"ServeReplica:{app}:" in title:
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
 async def _measure_mesh(urls: dict[str, str], bodies: Any, args) -> dict:
     from benchmarks.bench_mesh import closed_loop, open_loop
 
     out: dict[str, dict[str, list]] = {name: {} for name in urls}
     for _round in range(args.rounds):
         # Alternate so that drift on the shared machine hits both alike.
-        for name, url in urls.items():
+        for name, (app, url) in urls.items():
+            cpu = _replica_cpu_s(app)
             o = await open_loop(url, bodies, args.rate, args.seconds)
+            cpu_ms = (_replica_cpu_s(app) - cpu) * 1000 / max(o["n"], 1)
             m = await closed_loop(url, bodies, args.concurrency, args.seconds)
             for key, value in (
                 ("p50_ms", o["p50_ms"]),
                 ("p99_ms", o["p99_ms"]),
+                ("cpu_ms", cpu_ms),
                 ("max_per_s", m["payments_per_s"]),
                 ("errors", o["errors"] + m["errors"]),
             ):
@@ -217,7 +243,7 @@ def bench_mesh(args) -> dict:
 
     from benchmarks.bench_mesh import Bodies
     from fraudmesh.dataset import default_data_path, load_transactions
-    from orchestration.serving import free_port, start_mesh, wait_ready
+    from orchestration.serving import APP_NAME, free_port, start_mesh, wait_ready
 
     if not os.environ.get("REDIS_URL"):
         raise SystemExit("--mesh needs REDIS_URL (e.g. redis://127.0.0.1:6379/14)")
@@ -258,7 +284,10 @@ def bench_mesh(args) -> dict:
             blocking=False,
         )
         wait_ready(f"{mesh.url}/traced")
-        urls = {"off": mesh.url, "on": f"{mesh.url}/traced"}
+        urls = {
+            "off": (APP_NAME, mesh.url),
+            "on": ("fraudmesh-traced", f"{mesh.url}/traced"),
+        }
         print("measuring the mesh, tracing off and on ...", flush=True)
         results = asyncio.run(_measure_mesh(urls, bodies, args))
     finally:
@@ -316,6 +345,7 @@ def main() -> None:
         for key, label in (
             ("p50_ms", f"p50 single @{args.rate:g}/s ms"),
             ("p99_ms", f"p99 single @{args.rate:g}/s ms"),
+            ("cpu_ms", "replica CPU ms / payment"),
             ("max_per_s", "max single payments/s"),
         ):
             a, b = off[key], on[key]
