@@ -421,12 +421,14 @@ class EventProcessor:
         arrival = datetime.fromtimestamp(entry.arrived_s, tz=UTC)
         done: list[str] = []
         for message in map_event(event, arrival_time=arrival):
-            done.append(await self._apply(message, event))
+            done.append(await self._apply(message, event, entry.arrived_s))
         return done
 
-    async def _apply(self, message: Message, event: StripeEvent) -> str:
+    async def _apply(
+        self, message: Message, event: StripeEvent, arrived_s: float = 0.0
+    ) -> str:
         if isinstance(message, ScorePayment):
-            return await self._score(message)
+            return await self._score(message, arrived_s)
         if isinstance(message, PaymentOutcome):
             return await self._outcome(message)
         if isinstance(message, RadarSignal):
@@ -442,13 +444,22 @@ class EventProcessor:
             return f"account change {','.join(message.changed)}"
         raise TypeError(f"unhandled message {type(message).__name__}")
 
-    async def _score(self, msg: ScorePayment) -> str:
+    async def _score(self, msg: ScorePayment, arrived_s: float = 0.0) -> str:
         pid = msg.request.id
         body = msg.request.model_dump(mode="json")
+        started_s = time.time()
         if await self.state.advance(msg.version) and msg.status:
             await self.state.update_payment(pid, {"status": msg.status})
         answer = await self.graph.score(body)
-        await self.state.update_payment(pid, _decision_fields(answer, request=body))
+        timings = {
+            # Where the time goes on the asynchronous path (seconds, ms).
+            "queued_at": repr(arrived_s) if arrived_s else None,
+            "processing_started_at": repr(started_s),
+            "score_ms": round((time.time() - started_s) * 1000, 1),
+        }
+        await self.state.update_payment(
+            pid, {**_decision_fields(answer, request=body), **timings}
+        )
         stored = await self.state.payment(pid)
         if "radar_risk_score" in stored or "radar_risk_level" in stored:
             return await self._redecide(pid, stored)
