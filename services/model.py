@@ -3,8 +3,9 @@
 The ``Model`` deployment wraps :class:`models.scorer.Scorer`. Concurrent calls are
 gathered by ``@serve.batch`` into one forward pass; a call may itself carry many
 payments (the batch endpoint), so a forward pass covers every payment of every
-gathered call. ``max_batch_size`` (calls per pass) and ``batch_wait_timeout_s``
-come from the deployment's ``user_config``.
+gathered call. ``max_batch_size`` (calls per pass), ``batch_wait_timeout_s`` and
+``explain_min_score`` (payments scoring lower are not explained) come from the
+deployment's ``user_config``.
 
 Result per payment, in input order: ``{"score", "model_version", "contributions":
 [(feature, value, contribution)], "context"}``, handed on to ``Policy``.
@@ -41,18 +42,32 @@ def stack_inputs(
 
 
 def score_inputs(
-    scorer: Scorer, inputs: list[ModelInput], top_k: int = 3
+    scorer: Scorer,
+    inputs: list[ModelInput],
+    top_k: int = 3,
+    explain_min_score: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """Scores and explanations for ``inputs``, in input order (no Ray)."""
+    """Scores and explanations for ``inputs``, in input order (no Ray).
+
+    Only payments scoring at least ``explain_min_score`` are explained (a
+    gradient pass); the others carry no contributions, and the policy's reason
+    for them is the risk band alone.
+    """
     if not inputs:
         return []
     static, sequence, lengths = stack_inputs(inputs)
     scores = scorer.predict(static, sequence, lengths)
-    explained = scorer.explain(static, sequence, lengths, top_k=top_k)
+    rows = np.flatnonzero(scores >= explain_min_score)
+    explained: dict[int, list] = {}
+    if len(rows):
+        chosen = scorer.explain(
+            static[rows], sequence[rows], lengths[rows], top_k=top_k
+        )
+        explained = dict(zip(rows.tolist(), chosen, strict=True))
     out = []
     for i, mi in enumerate(inputs):
         contributions = []
-        for feature, contribution in explained[i]:
+        for feature, contribution in explained.get(i, ()):
             j = _FEATURE_INDEX.get(feature)
             value = float(static[i, j]) if j is not None else None
             contributions.append((feature, value, float(contribution)))
@@ -79,10 +94,12 @@ class Model:
         path = Path(models_dir) if models_dir else get_settings().models_path
         self._scorer = Scorer.load(path)
         self._policy = policy
+        self._explain_min_score = 0.0
         setup_tracing("model", **{"fraudmesh.model_version": self._scorer.version})
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         config = dict(user_config or {})
+        self._explain_min_score = float(config.get("explain_min_score", 0.0))
         self._score_batch.set_max_batch_size(int(config.get("max_batch_size", 64)))
         self._score_batch.set_batch_wait_timeout_s(
             float(config.get("batch_wait_timeout_s", 0.002))
@@ -98,7 +115,9 @@ class Model:
     ) -> list[list[dict[str, Any]]]:
         # One forward pass for every payment of every gathered call.
         flat = [mi for call in calls for mi in call]
-        results = score_inputs(self._scorer, flat)
+        results = score_inputs(
+            self._scorer, flat, explain_min_score=self._explain_min_score
+        )
         out, start = [], 0
         for call in calls:
             out.append(results[start : start + len(call)])

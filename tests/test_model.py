@@ -199,3 +199,29 @@ def test_predict_rejects_inputs_of_the_wrong_shape(tmp_path, trained):
     static, sequence, lengths, _, _ = synthetic(4)
     with pytest.raises(ArtifactError, match="do not fit"):
         scorer.predict(static[:, :-1], sequence, lengths)
+
+
+def test_score_inputs_explains_only_payments_at_or_above_the_threshold(
+    tmp_path, trained
+):
+    from feature_repo.transforms import ModelInput
+    from services.model import score_inputs
+
+    save(tmp_path, trained)
+    scorer = Scorer.load(tmp_path)
+    static, sequence, lengths, _, _ = synthetic(40, seed=3)
+    inputs = [
+        ModelInput(static=static[i], sequence=sequence[i], length=int(lengths[i]))
+        for i in range(40)
+    ]
+    everything = score_inputs(scorer, inputs)
+    threshold = float(np.median([r["score"] for r in everything]))
+    some = score_inputs(scorer, inputs, explain_min_score=threshold)
+
+    assert [r["score"] for r in some] == [r["score"] for r in everything]
+    for full, partial in zip(everything, some, strict=True):
+        if full["score"] >= threshold:
+            assert partial["contributions"] == full["contributions"]
+        else:
+            assert partial["contributions"] == []
+    assert any(r["contributions"] for r in some)
