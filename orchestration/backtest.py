@@ -118,8 +118,10 @@ def run_backtest(
 
     from models.scorer import Scorer
     from orchestration.training_data import build_examples
+    from orchestration.training_job import default_state_dir
 
     path = resolve_data(data)
+    state_dir = Path(state_dir).resolve() if state_dir else default_state_dir()
     folds = parse_fold_starts(fold_starts)
     train_days = DEFAULT_TRAIN_DAYS if train_days is None else int(train_days)
     if train_days < MIN_TRAIN_DAYS:

@@ -91,6 +91,7 @@ def fit_window(
     epoch. Raises DataError when the window holds no fraud (nothing to learn).
     """
     start = label_end - timedelta(days=train_days)
+    state_dir = Path(state_dir).resolve() if state_dir else default_state_dir()
     began = time.perf_counter()
     examples = build_window(transactions, start, label_end, state_dir=state_dir)
     build_s = time.perf_counter() - began
@@ -218,6 +219,13 @@ def artifact_metadata(outcome: FitOutcome, data_path: Path) -> dict:
             "build_examples_s": round(outcome.build_s, 1),
         },
     }
+
+
+def default_state_dir() -> Path:
+    """The settings' state directory as an absolute path (Feast needs one)."""
+    from fraudmesh.config import get_settings
+
+    return Path(get_settings().state_dir).resolve()
 
 
 def default_models_dir() -> Path:
