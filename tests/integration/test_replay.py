@@ -18,8 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
-def replayed(mesh_url, mesh_models_dir, tmp_path_factory):
+def replayed(mesh_url, mesh_models_dir, redis_url, tmp_path_factory):
     out = tmp_path_factory.mktemp("replay-report")
+    # Warm again for MESH_DAY: tests before this one may have scored payments.
     report = run_replay(
         SAMPLE_PATH,
         MESH_DAY,
@@ -29,6 +30,8 @@ def replayed(mesh_url, mesh_models_dir, tmp_path_factory):
         concurrency=8,
         batch_size=8,
         models_dir=mesh_models_dir,
+        materialize=True,
+        redis_url=redis_url,
         show_progress=False,
     )
     return report, out
