@@ -9,8 +9,12 @@ Pure encoding and decoding only (no I/O), shared by the online client
   ``{customer}:n`` (count), ``:s`` (sum of amounts), ``:q`` (sum of squares).
 - ``fm:tday:{day}``: a hash of the terminal aggregates of one day, fields
   ``{terminal}:n`` (payments) and ``:f`` (fraud labels folded in so far).
-- ``fm:seen:{payment}``: ``"customer|terminal|day"``, set once per payment id.
+- ``fm:seen:{payment}``: ``"customer|terminal|day|unix_s"``, set once per
+  payment id.
 - ``fm:label:{payment}``: ``"1"`` or ``"0"``, the label folded in for it.
+- ``fm:tfraud:{terminal}``: a sorted set of the terminal's payments labelled
+  fraud, member the payment id, score its unix time; entries older than the
+  look-back of ``log_hours_since_terminal_fraud`` are trimmed.
 - ``fm:snap:latest``: the latest day whose snapshot rows are in the online store;
   ``fm:snap:lock:{day}``: who is building that day's snapshot.
 
@@ -34,6 +38,10 @@ HISTORY_SLACK = 16
 HISTORY_KEEP = tf.HISTORY_LENGTH + HISTORY_SLACK
 AGGREGATE_TTL_S = (tf.TERMINAL_LOOKBACK_DAYS + 10) * tf.SECONDS_PER_DAY
 SEEN_TTL_S = 45 * tf.SECONDS_PER_DAY  # labels can arrive weeks later
+# Known frauds older than this (before the payment being scored) change nothing.
+TERMINAL_FRAUD_KEEP_S = (
+    tf.TERMINAL_FRAUD_LOOKBACK_DAYS + tf.LABEL_DELAY_DAYS + 1
+) * tf.SECONDS_PER_DAY
 ACCOUNT_CHANGE_ID = "account_change"
 
 
@@ -55,6 +63,21 @@ def seen_key(payment_id: str) -> str:
 
 def label_key(payment_id: str) -> str:
     return f"{PREFIX}label:{payment_id}"
+
+
+def terminal_frauds_key(terminal_id: str) -> str:
+    return f"{PREFIX}tfraud:{terminal_id}"
+
+
+def seen_value(customer_id: str, terminal_id: str, unix_s: int) -> str:
+    return f"{customer_id}|{terminal_id}|{unix_s // tf.SECONDS_PER_DAY}|{unix_s}"
+
+
+def decode_seen(raw: bytes | str) -> tuple[str, int]:
+    """``(terminal, unix_s)`` of a seen value (a day-only one gives its 00:00)."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    _, terminal, day, *exact = text.split("|")
+    return terminal, int(exact[0]) if exact else int(day) * tf.SECONDS_PER_DAY
 
 
 SNAPSHOT_LATEST_KEY = f"{PREFIX}snap:latest"

@@ -7,7 +7,8 @@ I/O or imports Feast.
 Contract:
 
 - ``STATIC_FEATURES``: ordered names of the per-payment vector: the daily snapshot
-  views (customer spending, terminal risk with the label delay), the request-time
+  views (customer spending, terminal risk with the label delay), the time since
+  the terminal's latest fraud known for at least the delay, the request-time
   (on-demand) features and recency features from the behaviour history.
 - ``SEQUENCE_FEATURES``: ordered names of the per-event vector of the history.
 - ``HISTORY_LENGTH``: N, the number of past events in a sequence.
@@ -40,6 +41,10 @@ CUSTOMER_LOOKBACK_DAYS = max(CUSTOMER_WINDOWS_DAYS) + 1
 TERMINAL_LOOKBACK_DAYS = max(TERMINAL_WINDOWS_DAYS) + LABEL_DELAY_DAYS + 1
 
 HISTORY_LENGTH = 48
+# Known frauds at a terminal are looked back on this far; the recency feature
+# saturates there.
+TERMINAL_FRAUD_LOOKBACK_DAYS = 60
+NO_TERMINAL_FRAUD_SECONDS = float(TERMINAL_FRAUD_LOOKBACK_DAYS * 86_400)
 # Value used for "time since" features when there is no such event: 30 days.
 NO_EVENT_SECONDS = 30.0 * SECONDS_PER_DAY
 NIGHT_END_HOUR = 6  # 00:00 to 05:59 UTC is night
@@ -57,6 +62,9 @@ TERMINAL_SNAPSHOT_FEATURES: list[str] = [
     for w in TERMINAL_WINDOWS_DAYS
     for stat in ("count", "fraud_ratio")
 ]
+# From the terminal's known frauds, to the second (not per day): a compromised
+# terminal's first fraud counts from exactly 7 days after it was paid.
+TERMINAL_LABEL_FEATURES: list[str] = ["log_hours_since_terminal_fraud"]
 REQUEST_FEATURES: list[str] = [
     "amount_over_usual",
     "amount_zscore_30d",
@@ -80,6 +88,7 @@ STATIC_FEATURES: list[str] = (
     ["amount", "log_amount"]
     + CUSTOMER_SNAPSHOT_FEATURES
     + TERMINAL_SNAPSHOT_FEATURES
+    + TERMINAL_LABEL_FEATURES
     + REQUEST_FEATURES
     + RECENCY_FEATURES
 )
@@ -115,6 +124,8 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
                        "in {w} days (before the label delay)"),
     **_windows_phrases("terminal", "fraud_ratio", "{value:.0%} of the terminal's "
                        "payments over {w} days were fraud"),
+    "log_hours_since_terminal_fraud": "a fraud was confirmed recently at this "
+    "terminal",
     "amount_over_usual": "amount is {value:.1f}x the customer's 30-day average",
     "amount_zscore_30d": "amount is {value:.1f} standard deviations above the "
     "customer's usual",
@@ -195,6 +206,38 @@ def terminal_snapshot(counts: np.ndarray, frauds: np.ndarray) -> dict[str, np.nd
         out[f"terminal_count_{w}d"] = n
         out[f"terminal_fraud_ratio_{w}d"] = np.where(n > 0, f / np.maximum(n, 1.0), 0)
     return out
+
+
+def terminal_fraud_recency(
+    fraud_terminal: np.ndarray,
+    fraud_unix_s: np.ndarray,
+    terminal: np.ndarray,
+    unix_s: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """TERMINAL_LABEL_FEATURES of [B] payments from the known frauds.
+
+    ``fraud_terminal`` and ``fraud_unix_s`` are [M] (any order): the terminal and
+    payment time of every payment known to be fraud. For a payment at ``unix_s``
+    only frauds paid at least LABEL_DELAY_DAYS before it count, to the second, so
+    a label inside the delay never reaches the feature. With none at its terminal,
+    or the latest older than TERMINAL_FRAUD_LOOKBACK_DAYS, the time since is
+    NO_TERMINAL_FRAUD_SECONDS. Returns float64 [B] columns.
+    """
+    unix_s = np.asarray(unix_s, dtype=np.int64)
+    fraud_unix_s = np.asarray(fraud_unix_s, dtype=np.int64)
+    names = np.concatenate([np.asarray(fraud_terminal, dtype=str),
+                            np.asarray(terminal, dtype=str)])
+    _, codes = np.unique(names, return_inverse=True)
+    span = np.int64(1) << 34  # beyond any unix second: one key range per terminal
+    base = codes[len(fraud_unix_s):].astype(np.int64) * span
+    known = np.sort(codes[: len(fraud_unix_s)].astype(np.int64) * span + fraud_unix_s)
+    limit = base + unix_s - LABEL_DELAY_DAYS * SECONDS_PER_DAY
+    pos = np.searchsorted(known, limit, side="right")
+    latest = known[np.maximum(pos - 1, 0)] if len(known) else limit
+    has = (pos > 0) & (latest >= base)
+    since = np.where(has, unix_s - (latest - base), NO_TERMINAL_FRAUD_SECONDS)
+    since = np.minimum(since.astype(np.float64), NO_TERMINAL_FRAUD_SECONDS)
+    return {"log_hours_since_terminal_fraud": np.log1p(since / 3600.0)}
 
 
 # ------------------------------------------------------------ request features
@@ -373,13 +416,16 @@ def model_inputs(
     block: HistoryBlock,
     unix_s: np.ndarray,
     amount: np.ndarray,
+    terminal_label: dict[str, np.ndarray],
     request: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """All model inputs of [B] payments: (static, sequence, lengths, columns).
 
     ``snapshot`` holds the snapshot-view columns ([B] each, NaN for an unknown
-    entity). ``request`` holds REQUEST_FEATURES when they were computed elsewhere
-    (the Feast on-demand view online); else they are computed here.
+    entity), ``terminal_label`` the TERMINAL_LABEL_FEATURES columns of
+    :func:`terminal_fraud_recency`. ``request`` holds REQUEST_FEATURES when they
+    were computed elsewhere (the Feast on-demand view online); else they are
+    computed here.
     """
     amount = np.asarray(amount, dtype=np.float64)
     snap = {k: np.nan_to_num(np.asarray(v, dtype=np.float64)) for k, v in
@@ -393,6 +439,7 @@ def model_inputs(
         "amount": amount,
         "log_amount": np.log1p(amount),
         **snap,
+        **terminal_label,
         **request,
         **recency_features(block, unix_s, amount),
     }

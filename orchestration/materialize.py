@@ -7,6 +7,8 @@ of payments before ``until - 7 days`` (the label delay):
 - the last HISTORY_KEEP payments of each customer (history lists);
 - per-day customer and terminal aggregates of the 38 days before ``until``,
   fraud counts only from payments before ``until - 7 days``;
+- each terminal's known frauds (payments before ``until - 7 days``, within the
+  look-back of the time since its latest fraud);
 - ``seen`` records of the last 8 days' payments (so later labels find their
   terminal and a replayed id is not counted twice);
 - the snapshot rows of ``until`` in the Feast online store, computed from those
@@ -112,6 +114,7 @@ def _warm_redis(url: str, tx: pd.DataFrame, day: int, cutoff: datetime) -> None:
         _reset(client)
         _write_history(client, tx)
         _write_aggregates(client, tx, day)
+        _write_terminal_frauds(client, tx, cutoff)
         _write_seen(client, tx, cutoff)
     except RedisError as exc:
         raise HistoryStoreError(f"warming Redis at {_safe(url)} failed: {exc}"
@@ -192,6 +195,29 @@ def _write_aggregates(client: redis.Redis, tx: pd.DataFrame, day: int) -> None:
     pipe.execute()
 
 
+def _write_terminal_frauds(client: redis.Redis, tx: pd.DataFrame,
+                           cutoff: datetime) -> None:
+    """The sorted sets of frauds whose labels are known by ``cutoff``."""
+    from feature_repo.snapshots import unix_seconds
+
+    known_before = int(cutoff.timestamp()) - tf.LABEL_DELAY_DAYS * tf.SECONDS_PER_DAY
+    unix_s = unix_seconds(tx["tx_datetime"])
+    keep = ((tx["tx_fraud"].to_numpy() == 1) & (unix_s < known_before)
+            & (unix_s >= known_before - hs.TERMINAL_FRAUD_KEEP_S))
+    frauds = pd.DataFrame({"terminal": tx["terminal_key"].to_numpy()[keep],
+                           "payment": tx["payment_key"].to_numpy()[keep],
+                           "unix_s": unix_s[keep]})
+    pipe = client.pipeline(transaction=False)
+    for i, (terminal, rows) in enumerate(frauds.groupby("terminal", sort=False)):
+        key = hs.terminal_frauds_key(terminal)
+        pipe.zadd(key, dict(zip(rows["payment"].tolist(), rows["unix_s"].tolist(),
+                                strict=True)))
+        pipe.expire(key, hs.TERMINAL_FRAUD_KEEP_S)
+        if i % 500 == 499:
+            pipe.execute()
+    pipe.execute()
+
+
 def _hset_day(pipe, key: str, keys: np.ndarray, stats: dict[str, np.ndarray]) -> None:
     active = stats["n"] > 0
     if not active.any():
@@ -214,8 +240,7 @@ def _write_seen(client: redis.Redis, tx: pd.DataFrame, cutoff: datetime) -> None
     for i, (pid, c, t, s) in enumerate(zip(
             recent["payment_key"].tolist(), recent["customer_key"].tolist(),
             recent["terminal_key"].tolist(), unix_s.tolist(), strict=True)):
-        pipe.set(hs.seen_key(pid), f"{c}|{t}|{s // tf.SECONDS_PER_DAY}",
-                 ex=hs.SEEN_TTL_S)
+        pipe.set(hs.seen_key(pid), hs.seen_value(c, t, s), ex=hs.SEEN_TTL_S)
         if i % PIPELINE_CHUNK == PIPELINE_CHUNK - 1:
             pipe.execute()
     pipe.execute()

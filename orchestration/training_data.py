@@ -7,8 +7,10 @@
   labels at least 7 days older than the payment's day) joined by Feast historical
   retrieval on the DuckDB offline store, from per-day snapshot Parquet tables
   cached under ``<state_dir>/snapshots/<fingerprint>/``;
-- the request-time features and the behaviour history (last HISTORY_LENGTH events
-  strictly before the payment), computed by the same functions as online.
+- the time since the terminal's latest fraud paid at least 7 days before the
+  payment (to the second), the request-time features and the behaviour history
+  (last HISTORY_LENGTH events strictly before the payment), computed by the same
+  functions as online.
 """
 
 from __future__ import annotations
@@ -90,13 +92,19 @@ def _inputs(tx: pd.DataFrame, rows: np.ndarray, snapshot: dict[str, np.ndarray])
     index = _HistoryIndex(tx)
     unix_s = tf_unix(tx)
     amounts = tx["tx_amount"].to_numpy(dtype=np.float64)
+    terminals = tx["terminal_key"].to_numpy()
+    # Every fraud in the frame: terminal_fraud_recency keeps, per payment, only
+    # those paid at least the label delay before it.
+    fraud = tx["tx_fraud"].to_numpy() == 1
     for lo in range(0, n, INPUT_CHUNK_ROWS):
         part = rows[lo: lo + INPUT_CHUNK_ROWS]
         hi = lo + len(part)
         block = index.blocks(part)
         snap = {k: v[lo:hi] for k, v in snapshot.items()}
+        label = tf.terminal_fraud_recency(terminals[fraud], unix_s[fraud],
+                                          terminals[part], unix_s[part])
         static[lo:hi], sequence[lo:hi], lengths[lo:hi], _ = tf.model_inputs(
-            snap, block, unix_s[part], amounts[part])
+            snap, block, unix_s[part], amounts[part], label)
     return static, sequence, lengths
 
 

@@ -14,7 +14,9 @@ it directly; the ``Features`` deployment wraps it (same method names, plus a
   history (atomic append-and-trim) and to the per-day aggregates; a payment id
   already recorded is skipped (``SET NX`` in the same Lua script).
 - ``await client.record_labels(labels)``: fold labels into the terminal's per-day
-  fraud count; repeating a label changes nothing, a changed verdict is corrected.
+  fraud count and its set of known frauds (payment times, for the time since its
+  latest fraud); repeating a label changes nothing, a changed verdict is
+  corrected.
 - ``await client.record_account_change(customer_id, at, changed)``.
 - Day boundaries: the first lookup of a payment of a new UTC day computes that
   day's snapshot rows from the Redis aggregates (the same functions as offline)
@@ -74,14 +76,24 @@ redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
 return 1
 """
-# KEYS: label key, terminal day hash. ARGV: 1/0, terminal, ttl.
+# KEYS: label key, terminal day hash, terminal frauds set. ARGV: 1/0, terminal,
+# ttl, payment id, payment unix_s, seconds of frauds kept.
 # Stores the verdict and moves the fraud count by the change only, so a repeated
-# label is a no-op and a reversed one is corrected.
+# label is a no-op and a reversed one is corrected; the frauds set gains or loses
+# the payment the same way, and forgets frauds older than the look-back.
 _RECORD_LABEL = """
 local before = tonumber(redis.call('GET', KEYS[1]) or '0')
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 local delta = tonumber(ARGV[1]) - before
 if delta ~= 0 then redis.call('HINCRBY', KEYS[2], ARGV[2] .. ':f', delta) end
+if ARGV[1] == '1' then
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf',
+             '(' .. (tonumber(ARGV[5]) - tonumber(ARGV[6])))
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
+else
+  redis.call('ZREM', KEYS[3], ARGV[4])
+end
 return delta
 """
 # KEYS: latest-day key. ARGV: day. Raises the latest day, never lowers it.
@@ -146,14 +158,14 @@ class FeatureClient:
         if not payments:
             return []
         times = np.array([unix_s(p.created) for p in payments], dtype=np.int64)
-        block = await self._history(payments, times)
+        block, terminal_label = await self._history(payments, times)
         online = await self._online_by_day(payments, times)
         amount = np.array([p.amount for p in payments], dtype=np.float64)
         snapshot = {n: online[n] for n in tf.CUSTOMER_SNAPSHOT_FEATURES
                     + tf.TERMINAL_SNAPSHOT_FEATURES}
         request = {n: online[n] for n in tf.REQUEST_FEATURES}
         static, sequence, lengths, columns = tf.model_inputs(
-            snapshot, block, times, amount, request=request)
+            snapshot, block, times, amount, terminal_label, request=request)
         since_change = tf.hours_since_account_change(block, times)
         return [
             ModelInput(static=static[i], sequence=sequence[i],
@@ -162,17 +174,28 @@ class FeatureClient:
             for i in range(len(payments))
         ]
 
-    async def _history(self, payments: Sequence[Payment],
-                       times: np.ndarray) -> tf.HistoryBlock:
+    async def _history(
+        self, payments: Sequence[Payment], times: np.ndarray
+    ) -> tuple[tf.HistoryBlock, dict[str, np.ndarray]]:
+        """The history block and the terminal label features, one round trip."""
         customers = sorted({p.customer_id for p in payments})
+        terminals = sorted({p.terminal_id for p in payments})
+        # Only frauds paid at least the delay before a payment of the batch and
+        # within the look-back of the earliest one can matter.
+        newest = int(times.max()) - tf.LABEL_DELAY_DAYS * tf.SECONDS_PER_DAY
+        oldest = int(times.min()) - hs.TERMINAL_FRAUD_KEEP_S
         try:
             with client_span("redis.history.read",
                              {"fraudmesh.customers": len(customers)}):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for c in customers:
                         pipe.lrange(hs.history_key(c), 0, -1)
+                    for t in terminals:
+                        pipe.zrangebyscore(hs.terminal_frauds_key(t), oldest,
+                                           newest, withscores=True)
                     pipe.get(hs.SNAPSHOT_LATEST_KEY)
                     *raw, latest = await pipe.execute()
+                    raw, frauds = raw[:len(customers)], raw[len(customers):]
         except RedisError as exc:
             raise HistoryStoreError(f"reading the history failed: {exc}") from exc
         if latest is None or int(latest) < self._snapshot_day:
@@ -188,7 +211,13 @@ class FeatureClient:
         for i, (p, t) in enumerate(zip(payments, times, strict=True)):
             events = hs.events_before(stored[p.customer_id], int(t), p.payment_id)
             hs.fill_block(block, i, events, p.terminal_id)
-        return block
+        fraud_terminal = [t for t, got in zip(terminals, frauds, strict=True)
+                          for _ in got]
+        fraud_unix_s = [int(score) for got in frauds for _, score in got]
+        label = tf.terminal_fraud_recency(
+            np.array(fraud_terminal, dtype=str), np.array(fraud_unix_s, np.int64),
+            np.array([p.terminal_id for p in payments], dtype=str), times)
+        return block, label
 
     async def _online_by_day(self, payments: Sequence[Payment],
                              times: np.ndarray) -> dict[str, np.ndarray]:
@@ -281,11 +310,15 @@ class FeatureClient:
                     for label, target in zip(labels, where, strict=True):
                         if target is None:
                             continue
-                        terminal, day = target
+                        terminal, paid_s = target
+                        day = paid_s // tf.SECONDS_PER_DAY
                         await self._record_label(
                             keys=[hs.label_key(label.payment_id),
-                                  hs.terminal_day_key(day)],
-                            args=[int(label.is_fraud), terminal, hs.SEEN_TTL_S],
+                                  hs.terminal_day_key(day),
+                                  hs.terminal_frauds_key(terminal)],
+                            args=[int(label.is_fraud), terminal, hs.SEEN_TTL_S,
+                                  label.payment_id, paid_s,
+                                  hs.TERMINAL_FRAUD_KEEP_S],
                             client=pipe)
                     results = await pipe.execute()
         except RedisError as exc:
@@ -302,18 +335,14 @@ class FeatureClient:
         seen = {}
         if missing:
             values = await self._redis.mget([hs.seen_key(p) for p in missing])
-            seen = {p: v.decode().split("|") for p, v in zip(missing, values,
-                                                             strict=True) if v}
+            seen = {p: hs.decode_seen(v) for p, v in zip(missing, values,
+                                                         strict=True) if v}
         out = []
         for lb in labels:
             if lb.terminal_id is not None and lb.payment_created is not None:
-                out.append((lb.terminal_id,
-                            unix_s(lb.payment_created) // tf.SECONDS_PER_DAY))
-            elif lb.payment_id in seen:
-                _, terminal, day = seen[lb.payment_id]
-                out.append((terminal, int(day)))
+                out.append((lb.terminal_id, unix_s(lb.payment_created)))
             else:
-                out.append(None)
+                out.append(seen.get(lb.payment_id))
         return out
 
     # ------------------------------------------------------------ snapshots
@@ -436,7 +465,7 @@ def _payment_args(p: Payment) -> list:
     t = unix_s(p.created)
     amount = float(p.amount)
     event = hs.Event(t, amount, p.terminal_id, tf.EVENT_PAYMENT, p.payment_id)
-    return [f"{p.customer_id}|{p.terminal_id}|{t // tf.SECONDS_PER_DAY}",
+    return [hs.seen_value(p.customer_id, p.terminal_id, t),
             hs.SEEN_TTL_S, hs.encode_event(event), hs.HISTORY_KEEP, p.customer_id,
             p.terminal_id, repr(amount), repr(amount * amount), hs.AGGREGATE_TTL_S]
 

@@ -53,6 +53,45 @@ def test_terminal_snapshot_skips_the_label_delay():
     assert out["terminal_fraud_ratio_30d"][0] == pytest.approx(0.25)
 
 
+def test_terminal_fraud_recency_counts_only_frauds_older_than_the_delay():
+    now = _ts(2018, 8, 20, 12)
+    delay = tf.LABEL_DELAY_DAYS * DAY
+    fraud_terminal = np.array(["t1", "t1", "t1", "t2"])
+    fraud_unix_s = np.array([now - delay - 3600,  # known: 7 days and 1 hour ago
+                             now - delay + 1,     # one second inside the delay
+                             now - DAY,           # inside the delay
+                             now - delay - 60])   # another terminal
+    got = tf.terminal_fraud_recency(fraud_terminal, fraud_unix_s,
+                                    np.array(["t1", "t3"]), np.array([now, now]))
+    hours = np.expm1(got["log_hours_since_terminal_fraud"])
+    assert hours[0] == pytest.approx(7 * 24 + 1)
+    assert hours[1] == pytest.approx(tf.NO_TERMINAL_FRAUD_SECONDS / 3600)
+
+    # A label inside the delay never changes the feature, to the second.
+    without = tf.terminal_fraud_recency(fraud_terminal[[0, 3]],
+                                        fraud_unix_s[[0, 3]],
+                                        np.array(["t1"]), np.array([now]))
+    assert without["log_hours_since_terminal_fraud"][0] == (
+        got["log_hours_since_terminal_fraud"][0])
+    exactly = tf.terminal_fraud_recency(np.array(["t1"]), np.array([now - delay]),
+                                        np.array(["t1"]), np.array([now]))
+    assert np.expm1(exactly["log_hours_since_terminal_fraud"][0]) == (
+        pytest.approx(7 * 24))
+
+
+def test_terminal_fraud_recency_saturates_and_handles_no_frauds():
+    now = _ts(2018, 8, 20)
+    old = now - (tf.TERMINAL_FRAUD_LOOKBACK_DAYS + 5) * DAY
+    cap = np.log1p(tf.NO_TERMINAL_FRAUD_SECONDS / 3600)
+    got = tf.terminal_fraud_recency(np.array(["t1"]), np.array([old]),
+                                    np.array(["t1"]), np.array([now]))
+    assert got["log_hours_since_terminal_fraud"][0] == pytest.approx(cap)
+    none = tf.terminal_fraud_recency(np.array([], dtype=str),
+                                     np.array([], dtype=np.int64),
+                                     np.array(["t1", "t2"]), np.array([now, now]))
+    np.testing.assert_allclose(none["log_hours_since_terminal_fraud"], cap)
+
+
 def test_snapshot_rows_include_emptied_windows_as_zero():
     first = 100
     agg = DayAggregates(

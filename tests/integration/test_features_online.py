@@ -111,6 +111,9 @@ async def test_online_inputs_equal_training_examples(store, small_tx, clean_redi
     np.testing.assert_allclose(sequence, ex.sequence, rtol=1e-5, atol=1e-5)
     assert [m.length for m in online] == ex.lengths.tolist()
     assert all("customer_mean_amount_30d" in m.context for m in online)
+    # Not vacuous: some payments see a terminal fraud known for at least 7 days.
+    since = ex.static[:, tf.STATIC_FEATURES.index("log_hours_since_terminal_fraud")]
+    assert (since < np.log1p(tf.NO_TERMINAL_FRAUD_SECONDS / 3600) - 1e-3).any()
 
 
 def _payment(pid: str, customer: str, at: datetime, amount: float = 10.0,
@@ -209,6 +212,36 @@ async def test_labels_are_idempotent_and_corrected(clean_redis, tmp_path):
     day = int(at.timestamp()) // 86_400
     assert r.hget(hs.terminal_day_key(day), "term_l:f") == b"0"
     r.close()
+
+
+async def test_a_fraud_label_reaches_the_terminal_only_after_the_delay(
+        clean_redis, tmp_path):
+    client = FeatureClient(clean_redis, _settings(tmp_path, clean_redis))
+    paid = DAY + timedelta(hours=1)
+    label = Label(payment_id="pi_tf", is_fraud=True, source=LabelSource.DISPUTE,
+                  event_time=paid + timedelta(days=2))
+    column = tf.STATIC_FEATURES.index("log_hours_since_terminal_fraud")
+    none = np.log1p(tf.NO_TERMINAL_FRAUD_SECONDS / 3600)
+
+    async def hours_since(at: datetime, terminal: str = "term_tf") -> float:
+        [got] = await client.lookup([_payment(f"pi_q{at:%d%H}{terminal}",
+                                              "cus_q", at, terminal=terminal)])
+        return float(got.static[column])
+
+    try:
+        await client.record([_payment("pi_tf", "cus_tf", paid, terminal="term_tf")])
+        await client.record_labels([label])
+        inside = await hours_since(paid + timedelta(days=6, hours=23))
+        after = await hours_since(paid + timedelta(days=7, hours=5))
+        elsewhere = await hours_since(paid + timedelta(days=8), "term_other")
+        await client.record_labels([label.model_copy(update={"is_fraud": False})])
+        reversed_ = await hours_since(paid + timedelta(days=7, hours=6))
+    finally:
+        await client.close()
+    assert inside == pytest.approx(none)
+    assert np.expm1(after) == pytest.approx(7 * 24 + 5, abs=1e-3)
+    assert elsewhere == pytest.approx(none)
+    assert reversed_ == pytest.approx(none)
 
 
 async def test_account_change_enters_the_history(clean_redis, tmp_path):
