@@ -9,6 +9,9 @@ normalised (see :mod:`models.training`).
 Two encoders are available, chosen by measurement in the backtest (README):
 ``"gru"`` (a one-layer GRU over the real rows only, via packing) and ``"attention"``
 (a per-event MLP pooled by masked mean and max; cheaper, no order).
+
+``FraudEnsemble`` averages the logits of several such networks trained apart, and
+``build_network(spec)`` makes either from an artefact's ``network`` metadata.
 """
 
 from __future__ import annotations
@@ -117,3 +120,46 @@ class FraudNet(nn.Module):
         has = (lengths > 0).unsqueeze(1).to(static.dtype)
         joined = torch.cat([seq, self.static_mlp(static), has], dim=1)
         return self.head(joined).squeeze(1)
+
+
+class FraudEnsemble(nn.Module):
+    """Networks of one architecture trained apart; the logit is their mean."""
+
+    def __init__(self, members: list[FraudNet]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(
+        self, static: torch.Tensor, sequence: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean fraud logit [B] of the members (same inputs as FraudNet)."""
+        logits = [member(static, sequence, lengths) for member in self.members]
+        return torch.stack(logits).mean(dim=0)
+
+
+def build_network(spec: dict) -> nn.Module:
+    """An untrained network of an artefact's ``network`` metadata.
+
+    ``spec`` holds ``n_static``, ``n_sequence``, ``encoder``, ``hidden``,
+    ``static_hidden``, ``dropout``, ``max_events`` and optionally ``members``
+    (more than 1 gives a FraudEnsemble). Raises KeyError, TypeError or ValueError
+    on a bad spec.
+    """
+
+    def one() -> FraudNet:
+        return FraudNet(
+            int(spec["n_static"]),
+            int(spec["n_sequence"]),
+            encoder=spec["encoder"],
+            hidden=int(spec["hidden"]),
+            static_hidden=int(spec["static_hidden"]),
+            dropout=float(spec["dropout"]),
+            max_events=spec.get("max_events"),
+        )
+
+    members = int(spec.get("members", 1))
+    if members < 1:
+        raise ValueError(f"members must be at least 1, got {members}")
+    return one() if members == 1 else FraudEnsemble([one() for _ in range(members)])

@@ -26,7 +26,7 @@ import torch
 
 from fraudmesh.errors import ArtifactError
 from models.artifact import find_latest, load_artifact
-from models.network import FraudNet
+from models.network import build_network
 from models.training import Normaliser
 
 __all__ = ["Scorer", "find_latest"]
@@ -37,7 +37,7 @@ class Scorer:
 
     def __init__(
         self,
-        net: FraudNet,
+        net: torch.nn.Module,
         normaliser: Normaliser,
         static_features: list[str],
         *,
@@ -60,16 +60,7 @@ class Scorer:
         artifact = load_artifact(models_dir)
         meta = artifact.metadata
         try:
-            spec = meta["network"]
-            net = FraudNet(
-                int(spec["n_static"]),
-                int(spec["n_sequence"]),
-                encoder=spec["encoder"],
-                hidden=int(spec["hidden"]),
-                static_hidden=int(spec["static_hidden"]),
-                dropout=float(spec["dropout"]),
-                max_events=spec.get("max_events"),
-            )
+            net = build_network(meta["network"])
             net.load_state_dict(artifact.state_dict)
             normaliser = Normaliser.from_dict(meta["normalisation"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:

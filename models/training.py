@@ -14,8 +14,12 @@ Contract of :func:`train_model`:
 - Class imbalance: each epoch keeps every fraud and a fresh random share of the
   genuine payments, and weighs frauds by ``(genuine / fraud) ** pos_weight_power``
   in the loss (0.5 by default).
+- ``members`` networks are trained apart on the same normalised rows, member
+  ``i`` seeded ``seed + i`` (its own initialisation and negative samples), each
+  early-stopped on its own; more than one makes a ``FraudEnsemble`` (mean logit).
 - Deterministic for a given seed; at most ``num_threads`` torch threads (the box
-  is shared), at most ``max_epochs`` epochs and about ``max_train_s`` seconds.
+  is shared), at most ``max_epochs`` epochs a member and about ``max_train_s``
+  seconds in all.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch
 from torch import nn
 
 from models.metrics import auc_roc, average_precision
-from models.network import FraudNet
+from models.network import FraudEnsemble, FraudNet
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class TrainConfig:
     static_hidden: int = 128
     dropout: float = 0.1
     max_events: int | None = 16
+    members: int = 1
     batch_size: int = 512
     lr: float = 5e-3
     weight_decay: float = 1e-5
@@ -168,7 +173,7 @@ def _apply_columns(
 class TrainResult:
     """The trained network and what the training saw."""
 
-    net: FraudNet
+    net: nn.Module  # a FraudNet, or a FraudEnsemble when config.members > 1
     normaliser: Normaliser
     config: TrainConfig
     best_epoch: int
@@ -178,6 +183,20 @@ class TrainResult:
     n_val: int
     val_metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
+
+    def network_spec(self) -> dict:
+        """The artefact's ``network`` metadata (see models.network.build_network)."""
+        cfg = self.config
+        return {
+            "n_static": len(self.normaliser.static_mean),
+            "n_sequence": len(self.normaliser.sequence_mean),
+            "encoder": cfg.encoder,
+            "hidden": cfg.hidden,
+            "static_hidden": cfg.static_hidden,
+            "dropout": cfg.dropout,
+            "max_events": cfg.max_events,
+            "members": cfg.members,
+        }
 
 
 def split_by_day(
@@ -236,14 +255,14 @@ def train_model(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     inplace: bool = False,
 ) -> TrainResult:
-    """Train a :class:`FraudNet`; see the module docstring for the contract.
+    """Train a :class:`FraudNet` (or a :class:`FraudEnsemble` of ``members``);
+    see the module docstring for the contract.
 
     With ``inplace`` the float32 ``static`` and ``sequence`` arrays are overwritten
     by their normalised values (saves a copy of the largest arrays).
     """
     config = config or TrainConfig()
     torch.set_num_threads(max(1, min(config.num_threads, 2)))
-    _seed_everything(config.seed)
     started = time.perf_counter()
 
     labels = np.asarray(labels, dtype=np.float32)
@@ -255,18 +274,94 @@ def train_model(
         static[train_mask], sequence[train_mask], lengths[train_mask]
     )
     static_n, seq_n = normaliser.apply(static, sequence, lengths, inplace=inplace)
-    train_idx = np.flatnonzero(train_mask)
-    val_idx = np.flatnonzero(val_mask)
+    data = _Prepared(
+        static_n, seq_n, lengths, labels,
+        np.flatnonzero(train_mask), np.flatnonzero(val_mask),
+    )
+    fits = [
+        _fit_member(data, config, member, on_epoch, started)
+        for member in range(config.members)
+    ]
+    if len(fits) == 1:
+        net: nn.Module = fits[0].net
+        val_metrics = fits[0].val_metrics
+    else:
+        net = FraudEnsemble([fit.net for fit in fits]).eval()
+        val_metrics = _validation_metrics(net, data)
+    return TrainResult(
+        net=net,
+        normaliser=normaliser,
+        config=config,
+        best_epoch=max(fit.best_epoch for fit in fits),
+        epochs_run=sum(fit.epochs_run for fit in fits),
+        train_s=time.perf_counter() - started,
+        n_train=len(data.train_idx),
+        n_val=len(data.val_idx),
+        val_metrics=val_metrics,
+        history=[record for fit in fits for record in fit.history],
+    )
 
+
+@dataclass
+class _Prepared:
+    """Normalised arrays and the row split, shared by every member."""
+
+    static_n: np.ndarray
+    seq_n: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+
+@dataclass
+class _MemberFit:
+    net: FraudNet
+    best_epoch: int
+    epochs_run: int
+    val_metrics: dict[str, float]
+    history: list[dict[str, float]]
+
+
+def _validation_metrics(net: nn.Module, data: _Prepared) -> dict[str, float]:
+    """AP and AUC ROC on the validation rows; empty without frauds there."""
+    val = data.val_idx
+    if not len(val) or not data.labels[val].any():
+        return {}
+    logits = predict_logits(net, data.static_n[val], data.seq_n[val],
+                            data.lengths[val])
+    return {
+        "val_ap": average_precision(data.labels[val], logits),
+        "val_auc": auc_roc(data.labels[val], logits),
+    }
+
+
+def _fit_member(
+    data: _Prepared,
+    config: TrainConfig,
+    member: int,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+    started: float,
+) -> _MemberFit:
+    """One network, seeded ``config.seed + member``, early-stopped on val AP.
+
+    Each member gets an equal share of ``max_train_s``.
+    """
+    seed = config.seed + member
+    _seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    budget_s = config.max_train_s / config.members
+    member_started = time.perf_counter()
     net = FraudNet(
-        static.shape[1],
-        sequence.shape[2],
+        data.static_n.shape[1],
+        data.seq_n.shape[2],
         encoder=config.encoder,
         hidden=config.hidden,
         static_hidden=config.static_hidden,
         dropout=config.dropout,
         max_events=config.max_events,
     )
+    train_idx, labels = data.train_idx, data.labels
     n_pos = max(1.0, float(labels[train_idx].sum()))
     n_neg = max(1.0, float(len(train_idx) - n_pos) * config.negative_fraction)
     pos_weight = (n_neg / n_pos) ** config.pos_weight_power
@@ -274,7 +369,6 @@ def train_model(
     optimiser = torch.optim.AdamW(
         net.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    rng = np.random.default_rng(config.seed)
 
     best_ap, best_epoch, best_state = -1.0, 0, None
     history: list[dict[str, float]] = []
@@ -285,39 +379,37 @@ def train_model(
             net,
             optimiser,
             loss_fn,
-            static_n,
-            seq_n,
-            lengths,
+            data.static_n,
+            data.seq_n,
+            data.lengths,
             labels,
             batch_idx,
             config.batch_size,
         )
-        record = {"epoch": float(epoch), "loss": loss}
-        if len(val_idx) and labels[val_idx].any():
-            logits = predict_logits(
-                net, static_n[val_idx], seq_n[val_idx], lengths[val_idx]
-            )
-            record["val_ap"] = average_precision(labels[val_idx], logits)
-            record["val_auc"] = auc_roc(labels[val_idx], logits)
-            score = record["val_ap"]
-        else:
-            score = float(epoch)  # no validation: keep the last epoch
+        record = {"member": float(member), "epoch": float(epoch), "loss": loss}
+        metrics = _validation_metrics(net, data)
+        record.update(metrics)
+        # Without validation frauds, keep the last epoch.
+        score = metrics.get("val_ap", float(epoch))
         record["elapsed_s"] = time.perf_counter() - started
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        logger.info("epoch %d: %s", epoch, record)
+        logger.info("member %d epoch %d: %s", member, epoch, record)
         if score > best_ap:
             best_ap, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         if epoch - best_epoch >= config.patience:
             break
-        if record["elapsed_s"] > config.max_train_s:
+        spent_s = time.perf_counter() - member_started
+        if spent_s > budget_s:
             logger.warning(
-                "training stopped after %d epochs: %.0f s exceeds the %.0f s budget",
+                "member %d stopped after %d epochs: %.0f s exceeds its %.0f s "
+                "share of the training budget",
+                member,
                 epoch,
-                record["elapsed_s"],
-                config.max_train_s,
+                spent_s,
+                budget_s,
             )
             break
 
@@ -325,17 +417,11 @@ def train_model(
         net.load_state_dict(best_state)
     net.eval()
     best = history[best_epoch - 1] if best_epoch else {}
-    val_metrics = {k: best[k] for k in ("val_ap", "val_auc") if k in best}
-    return TrainResult(
+    return _MemberFit(
         net=net,
-        normaliser=normaliser,
-        config=config,
         best_epoch=best_epoch,
         epochs_run=epoch,
-        train_s=time.perf_counter() - started,
-        n_train=len(train_idx),
-        n_val=len(val_idx),
-        val_metrics=val_metrics,
+        val_metrics={k: best[k] for k in ("val_ap", "val_auc") if k in best},
         history=history,
     )
 

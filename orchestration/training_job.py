@@ -108,7 +108,7 @@ def fit_window(
     if progress is not None:
         task = progress.add_task(
             f"training {start:%Y-%m-%d}..{label_end:%Y-%m-%d}",
-            total=config.max_epochs,
+            total=config.max_epochs * config.members,
         )
 
     def on_epoch(record: dict[str, float]) -> None:
@@ -130,7 +130,7 @@ def fit_window(
         inplace=True,
     )
     if progress is not None and task is not None:
-        progress.update(task, completed=config.max_epochs)
+        progress.update(task, completed=config.max_epochs * config.members)
     return FitOutcome(
         result=result,
         start=start,
@@ -186,15 +186,7 @@ def artifact_metadata(outcome: FitOutcome, data_path: Path) -> dict:
     result = outcome.result
     cfg = result.config
     return {
-        "network": {
-            "n_static": len(result.normaliser.static_mean),
-            "n_sequence": len(result.normaliser.sequence_mean),
-            "encoder": cfg.encoder,
-            "hidden": cfg.hidden,
-            "static_hidden": cfg.static_hidden,
-            "dropout": cfg.dropout,
-            "max_events": cfg.max_events,
-        },
+        "network": result.network_spec(),
         "normalisation": result.normaliser.to_dict(),
         "train_config": cfg.to_dict(),
         "training_window": {

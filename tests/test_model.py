@@ -59,6 +59,7 @@ def save(tmp_path, result, **extra):
             "static_hidden": result.config.static_hidden,
             "dropout": result.config.dropout,
             "max_events": result.config.max_events,
+            "members": result.config.members,
         },
         "normalisation": result.normaliser.to_dict(),
         **extra,
@@ -225,3 +226,31 @@ def test_score_inputs_explains_only_payments_at_or_above_the_threshold(
         else:
             assert partial["contributions"] == []
     assert any(r["contributions"] for r in some)
+
+
+def test_an_ensemble_is_the_mean_logit_of_members_trained_apart(tmp_path):
+    from models.network import FraudEnsemble
+
+    static, sequence, lengths, labels, days = synthetic()
+    result = train_model(
+        static, sequence, lengths, labels, days, small_config(members=2, max_epochs=2)
+    )
+    assert isinstance(result.net, FraudEnsemble)
+    first, second = result.net.members
+    # Different seeds: the members differ.
+    assert not torch.equal(
+        first.static_mlp[0].weight, second.static_mlp[0].weight
+    )
+    assert result.network_spec()["members"] == 2
+    assert len(result.history) == result.epochs_run
+
+    path = save(tmp_path, result)
+    scorer = Scorer.load(path)
+    probe = synthetic(20, seed=5)
+    got = scorer.predict(*probe[:3])
+    s, q = result.normaliser.apply(*probe[:3])
+    args = (torch.from_numpy(s), torch.from_numpy(q), torch.from_numpy(probe[2]))
+    with torch.inference_mode():
+        mean_logit = (first(*args) + second(*args)) / 2
+    np.testing.assert_allclose(got, torch.sigmoid(mean_logit).numpy(), rtol=1e-5)
+    assert len(scorer.explain(*probe[:3])) == 20
