@@ -18,25 +18,16 @@ import numpy as np
 import torch
 
 from feature_repo import transforms
-from models.network import FraudNet
+from models.network import build_network
 from models.scorer import Scorer, find_latest
-from models.training import Normaliser, TrainConfig
+from models.training import Normaliser, TrainConfig, network_spec
 
 BATCH_SIZES = (1, 8, 64, 256)
 
 
 def untrained_scorer() -> Scorer:
-    cfg = TrainConfig()
     f, e = len(transforms.STATIC_FEATURES), len(transforms.SEQUENCE_FEATURES)
-    net = FraudNet(
-        f,
-        e,
-        encoder=cfg.encoder,
-        hidden=cfg.hidden,
-        static_hidden=cfg.static_hidden,
-        dropout=cfg.dropout,
-        max_events=cfg.max_events,
-    )
+    net = build_network(network_spec(TrainConfig(), f, e))
     norm = Normaliser(
         [False] * f, [0.0] * f, [1.0] * f, [False] * e, [0.0] * e, [1.0] * e
     )

@@ -58,12 +58,12 @@ def run_demo(
     settings = get_settings()
     models_dir = settings.models_path.resolve()
 
-    if find_latest(models_dir) is None:
+    unusable = _unusable_model(models_dir)
+    if unusable is not None:
+        from models.training import TrainConfig
         from orchestration.training_job import run_train
 
-        console.print(f"[bold]1/4[/] no model under {models_dir}: training one ...")
-        from models.training import TrainConfig
-
+        console.print(f"[bold]1/4[/] {unusable}: training one ...")
         run_train(
             data=data,
             until=replay_from,
@@ -99,3 +99,22 @@ def run_demo(
         mesh.stop()
     console.print(f"demo done in {time.monotonic() - started:.0f} s")
     return report
+
+
+def _unusable_model(models_dir: Path) -> str | None:
+    """Why the newest model under ``models_dir`` can't serve, or None if it can.
+
+    A model built for other features (an older checkout) is left in place; the
+    demo trains a newer one beside it.
+    """
+    from fraudmesh.errors import ArtifactError
+    from models.artifact import load_artifact
+    from models.scorer import find_latest
+
+    if find_latest(models_dir) is None:
+        return f"no model under {models_dir}"
+    try:
+        load_artifact(models_dir)
+    except ArtifactError as exc:
+        return f"the newest model can't be used ({exc})"
+    return None

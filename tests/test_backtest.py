@@ -17,7 +17,10 @@ from orchestration.backtest import parse_fold_starts
 from orchestration.cli import app
 
 runner = CliRunner()
-FAST = TrainConfig(max_epochs=2, hidden=8, static_hidden=16, batch_size=256)
+FAST = TrainConfig(
+    max_epochs=2, hidden=8, static_hidden=16, batch_size=256, members=1,
+    negative_fraction=0.25,
+)
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ def synthetic(n: int = 3000, seed: int = 0):
 def small_config(**kw) -> TrainConfig:
     base = dict(
         max_epochs=4,
+        members=1,
         negative_fraction=1.0,
         patience=3,
         hidden=8,

@@ -91,12 +91,16 @@ def ray_serve(mesh_env: dict[str, str]) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def mesh_models_dir(tmp_path_factory, mesh_state_dir: Path) -> Path:
-    """A small model trained on the sample before MESH_DAY (about a minute)."""
+    """A small two-member ensemble trained on the sample before MESH_DAY (about a
+    minute), so serving loads an ensemble as in production."""
     from models.training import TrainConfig
     from orchestration.training_job import run_train
 
     out = tmp_path_factory.mktemp("mesh-models")
-    config = TrainConfig(max_epochs=2, patience=1, hidden=16, static_hidden=32)
+    config = TrainConfig(
+        max_epochs=2, patience=1, hidden=16, static_hidden=32, members=2,
+        negative_fraction=0.25,
+    )
     run_train(
         data=SAMPLE_PATH,
         until=MESH_DAY,
