@@ -13,7 +13,10 @@ Ordering contract, so online features match the offline ones:
   (a customer does not pay twice at the same instant);
 - at each UTC day boundary the replay waits for every payment in flight and for
   the labels due, before the first payment of the new day (whose lookup builds
-  that day's snapshot from the aggregates).
+  that day's snapshot from the aggregates);
+- a fraud label is posted, and answered, as soon as it falls due, before the next
+  payment is sent: the time since a terminal's latest known fraud counts it from
+  that second on. Genuine labels go in chunks (they change no such feature).
 
 The online state must be warm for --from (``fraudmesh materialize --until
 FROM`` or ``materialize=True`` here) for online scores to match backtest scores.
@@ -135,10 +138,17 @@ class _Streamer:
                 await self._post_labels(due)
                 due = []
             day = now.date()
+            fraud_due = False
             while pending_label is not None and pending_label["due"] <= now:
                 due.append(pending_label["body"])
+                fraud_due = fraud_due or pending_label["body"]["is_fraud"]
                 pending_label = next(labels_due, None)
-            if len(due) >= LABEL_CHUNK:
+            if fraud_due:
+                # Payments before `now` that are still in flight are older than
+                # the label's due time, so the label cannot change them.
+                await self._post_labels(due)
+                due = []
+            elif len(due) >= LABEL_CHUNK:
                 self._track(asyncio.create_task(self._post_labels(due)))
                 due = []
             if any(r["customer_key"] == row["customer_key"] for r in group):
