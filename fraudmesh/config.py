@@ -80,7 +80,9 @@ class Settings(BaseSettings):
     @field_validator("state_dir", "model_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
-        return None if value is None else value.expanduser()
+        # Absolute from the start: Feast resolves paths against its repository
+        # directory, so a relative state dir would be taken twice.
+        return None if value is None else value.expanduser().resolve()
 
     @property
     def models_path(self) -> Path:

@@ -31,6 +31,8 @@ Identifier = Annotated[
 ]
 CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$", to_upper=True)]
 
+# 2100-01-01 00:00 UTC: a later `created` is a unit mistake (milliseconds).
+MAX_CREATED_S = 4_102_444_800
 # Stripe's own ceiling for a PaymentIntent amount (99,999,999 in minor units).
 MAX_AMOUNT_MINOR = 99_999_999
 
@@ -65,12 +67,24 @@ class PaymentRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: Identifier
-    amount: int = Field(ge=0, le=MAX_AMOUNT_MINOR, description="minor units")
+    # Strict: a string, a boolean or a float is a wrong type, never coerced.
+    amount: int = Field(
+        ge=0, le=MAX_AMOUNT_MINOR, strict=True, description="minor units"
+    )
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$")]
     customer: Identifier
-    created: int = Field(ge=0, description="unix seconds, UTC")
+    created: int = Field(ge=0, strict=True, description="unix seconds, UTC")
     metadata: PaymentMetadata
     signals: Signals = Field(default_factory=Signals)
+
+    @field_validator("created")
+    @classmethod
+    def _seconds(cls, value: int) -> int:
+        if value >= MAX_CREATED_S:
+            raise ValueError(
+                f"{value} is after 2100-01-01; send unix seconds, not milliseconds"
+            )
+        return value
 
     @field_validator("currency")
     @classmethod

@@ -90,6 +90,11 @@ async def materialize_async(
     if not url:
         raise ConfigError("REDIS_URL", "materialize needs a Redis URL; set REDIS_URL "
                           "or pass --redis-url")
+    try:
+        redis.connection.parse_url(url)
+    except ValueError as exc:
+        raise ConfigError("REDIS_URL", f"{_safe(url)!r} is not a Redis URL: {exc}"
+                          ) from exc
     day = _parse_until(until)
     cutoff = day_start(day)
     if transactions is None:

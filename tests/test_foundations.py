@@ -68,3 +68,12 @@ def test_missing_column_names_file_and_column(tmp_path):
         load_transactions(path)
     assert "bad.parquet" in str(info.value)
     assert "tx_datetime" in str(info.value)
+
+
+def test_a_relative_state_dir_becomes_absolute(tmp_path, monkeypatch):
+    from fraudmesh.config import Settings
+
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(state_dir=".fraudmesh")
+    assert settings.state_dir == tmp_path / ".fraudmesh"
+    assert settings.models_path.is_absolute()

@@ -61,6 +61,24 @@ def test_every_bad_field_is_named():
     assert all(e["message"] for e in errors)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"amount": "1050"}, "amount"),
+        ({"amount": True}, "amount"),
+        ({"amount": 10.0}, "amount"),
+        ({"created": "1535529600"}, "created"),
+        ({"created": 1_535_529_600_000}, "created"),  # milliseconds
+    ],
+)
+def test_wrong_types_and_millisecond_times_are_refused(overrides, field):
+    payments, errors = validate_payments([body(**overrides)], prefix=None)
+    assert payments == []
+    assert fields(errors) == {field}
+    if overrides.get("created") == 1_535_529_600_000:
+        assert "milliseconds" in errors[0]["message"]
+
+
 def test_batch_errors_carry_the_index_and_nothing_is_returned():
     payments, errors = validate_payments([body(), body(amount=1.5), "x"])
     assert payments == []

@@ -20,7 +20,7 @@ from feature_repo import history as hs
 from feature_repo import transforms as tf
 from fraudmesh.config import Settings
 from fraudmesh.dataset import SAMPLE_PATH, load_transactions
-from fraudmesh.errors import DataError
+from fraudmesh.errors import ConfigError, DataError
 from fraudmesh.schemas import Label, LabelSource, Payment
 from orchestration.materialize import materialize_async
 from orchestration.training_data import build_examples
@@ -303,6 +303,9 @@ async def test_materialize_errors_name_the_file_and_date(clean_redis, tmp_path):
         await materialize_async(SAMPLE_PATH, "2018-02-30", settings=settings)
     with pytest.raises(DataError, match="before --until 2000-01-01"):
         await materialize_async(SAMPLE_PATH, "2000-01-01", settings=settings)
+    with pytest.raises(ConfigError, match="REDIS_URL.*not a Redis URL"):
+        await materialize_async(SAMPLE_PATH, "2018-08-01", settings=settings,
+                                redis_url="garbage")
 
 
 async def test_a_running_client_notices_a_materialize_reset(small_tx, clean_redis,
