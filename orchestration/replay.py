@@ -114,6 +114,8 @@ class _Streamer:
         self._batch_size = batch_size
         self._progress = progress
         self._in_flight: set[asyncio.Task] = set()
+        # The first request that failed; nothing more is sent after it.
+        self._failure: BaseException | None = None
         self._by_customer: dict[str, asyncio.Task] = {}
         self.answers: dict[str, dict] = {}
         self.latency_ms: dict[str, float] = {}
@@ -164,9 +166,28 @@ class _Streamer:
 
     def _track(self, task: asyncio.Task) -> None:
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        # Read every task's outcome here: a failed task may finish and leave the
+        # in-flight set before any barrier looks at it.
+        self._in_flight.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and self._failure is None:
+            self._failure = error
+
+    @property
+    def in_flight(self) -> set[asyncio.Task]:
+        return self._in_flight
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
     async def _flush_group(self, group: list[dict]) -> None:
+        self._raise_failure()
         if not group:
             return
         for row in group:
@@ -205,19 +226,38 @@ class _Streamer:
             self._sem.release()
 
     async def _post(self, path: str, payload: Any) -> dict:
-        async with self._session.post(self._url + path, json=payload) as response:
-            body = await response.json(content_type=None)
-            if response.status != 200:
-                raise ReplayError(
-                    f"{path} answered {response.status}: {str(body)[:300]}"
-                )
-            return body
+        try:
+            async with self._session.post(self._url + path, json=payload) as answer:
+                body = await answer.json(content_type=None)
+                status = answer.status
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise ReplayError(
+                f"POST {self._url}{path} failed ({type(exc).__name__}: {exc})"
+            ) from exc
+        if status != 200:
+            raise ReplayError(f"{path} answered {status}: {str(body)[:300]}")
+        return body
+
+    async def check_mesh(self) -> None:
+        """ReplayError unless the mesh answers ``GET /healthz`` with 200."""
+        try:
+            async with self._session.get(self._url + "/healthz") as answer:
+                status = answer.status
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise ReplayError(
+                f"no mesh answers at {self._url} ({type(exc).__name__}: {exc}); "
+                "start one with `fraudmesh serve` or pass --url"
+            ) from exc
+        if status != 200:
+            raise ReplayError(
+                f"the mesh at {self._url} is not ready (GET /healthz answered "
+                f"{status}); wait until it answers 200"
+            )
 
     async def _barrier(self) -> None:
         while self._in_flight:
-            done, _ = await asyncio.wait(set(self._in_flight))
-            for task in done:
-                task.result()  # a failed request stops the replay, loudly
+            await asyncio.wait(set(self._in_flight))
+        self._raise_failure()  # a failed request stops the replay, loudly
 
     async def _post_labels(self, labels: list[dict]) -> None:
         if not labels:
@@ -292,7 +332,14 @@ async def stream(
                 batch_size=max(1, batch_size),
                 progress=advance,
             )
-            await streamer.run(rows, labels)
+            await streamer.check_mesh()
+            try:
+                await streamer.run(rows, labels)
+            except BaseException:
+                # Stop what is still in flight before the session closes.
+                for pending in list(streamer.in_flight):
+                    pending.cancel()
+                raise
     wall_s = time.perf_counter() - started
     return streamer.answers, streamer.latency_ms, streamer.labels_sent, wall_s
 

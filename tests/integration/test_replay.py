@@ -59,3 +59,48 @@ def test_online_scores_agree_with_backtest_scores(replayed):
     # Every payment, not just most: a fraud label reaches the mesh at its due
     # second, so no feature differs from the offline one.
     assert agreement["max_abs_diff"] <= 1e-3, agreement
+
+
+def _few_payments(tmp_path, bad_amount: bool):
+    """The first 20 payments of MESH_DAY as a data file; one amount too large."""
+    import pandas as pd
+
+    from fraudmesh.dataset import day_start, parse_day
+
+    day = day_start(parse_day(MESH_DAY, option="--from"))
+    frame = pd.read_parquet(SAMPLE_PATH)
+    frame = frame[frame["tx_datetime"] >= pd.Timestamp(day).tz_localize(None)]
+    frame = frame.head(20).reset_index(drop=True)
+    if bad_amount:
+        frame.loc[10, "tx_amount"] = 1e15
+    path = tmp_path / "few.parquet"
+    frame.to_parquet(path)
+    return path
+
+
+def test_a_payment_the_mesh_refuses_stops_the_replay_with_one_error(
+    mesh_url, tmp_path, replayed
+):
+    # `replayed` first: this test runs after the agreement check's replay.
+    from fraudmesh.dataset import parse_day
+    from orchestration.replay import ReplayError, replay
+
+    path = _few_payments(tmp_path, bad_amount=True)
+    day = parse_day(MESH_DAY, option="--from")
+    with pytest.raises(ReplayError, match="422.*amount"):
+        replay(path, day, day, mesh_url, batch_size=4, show_progress=False)
+
+
+def test_a_replay_without_a_mesh_says_so(tmp_path):
+    import socket
+
+    from fraudmesh.dataset import parse_day
+    from orchestration.replay import ReplayError, replay
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = _few_payments(tmp_path, bad_amount=False)
+    day = parse_day(MESH_DAY, option="--from")
+    with pytest.raises(ReplayError, match="no mesh answers"):
+        replay(path, day, day, f"http://127.0.0.1:{port}", show_progress=False)
