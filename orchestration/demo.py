@@ -33,7 +33,7 @@ from fraudmesh.dataset import SAMPLE_PATH
 REPLAY_FROM = "2018-08-29"
 REPLAY_TO = "2018-09-04"
 DEMO_CONCURRENCY = 8
-# Payments per request: a week (~11,000 payments) in a minute or two on two
+# Payments per request: a week (12,626 payments) in a minute or two on two
 # shared cores; the report's latency is per request of this many payments.
 DEMO_BATCH_SIZE = 8
 # Training budget of the demo's model (the CLI's default is longer).

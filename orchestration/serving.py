@@ -272,6 +272,15 @@ def run_serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         for sig in signals:
             signal.signal(sig, _on_signal)
         print(f"fraudmesh is serving on {mesh.url} (Ctrl-C to stop)", flush=True)
+        if mesh.valkey is not None:
+            # Loopback only and without credentials, so safe to print: replay
+            # --materialize needs this URL and this state dir.
+            print(
+                f"REDIS_URL unset: embedded Valkey at {mesh.redis_url}; for "
+                f"`fraudmesh replay --materialize` export REDIS_URL={mesh.redis_url}"
+                f" FRAUDMESH_STATE_DIR={mesh.state_dir}",
+                flush=True,
+            )
         try:
             stop.wait()
         finally:

@@ -254,6 +254,10 @@ def run_train(
     train_days = DEFAULT_TRAIN_DAYS if train_days is None else int(train_days)
     if train_days < MIN_TRAIN_DAYS:
         raise DataError(f"--train-days: {train_days} is below {MIN_TRAIN_DAYS}")
+    models_dir = Path(out) if out is not None else default_models_dir()
+    if models_dir.exists() and not models_dir.is_dir():
+        # Checked before minutes of training, not after.
+        raise DataError(f"--out: {models_dir} exists and is not a directory")
     label_end = day_start(until_day) - timedelta(days=HANDBOOK_DELAY_DAYS)
     console = Console(stderr=True)
     transactions = load_transactions(path, end=day_start(until_day))
@@ -268,7 +272,6 @@ def run_train(
             state_dir=state_dir,
             progress=progress,
         )
-    models_dir = Path(out) if out is not None else default_models_dir()
     version_dir = save_artifact(
         models_dir, outcome.result.net.state_dict(), artifact_metadata(outcome, path)
     )

@@ -112,12 +112,17 @@ def test_parse_fold_starts():
             "/nonexistent/x.parquet: no such file",
         ),
         (["train", "--until", "2018-08-01", "--train-days", "1"], "--train-days"),
+        (
+            ["train", "--until", "2018-08-01", "--out", "pyproject.toml"],
+            "--out: ",
+        ),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_code_2(
     args, expected, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text("")  # a file where --out wants a dir
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     message = result.stderr if result.stderr else result.output
