@@ -33,6 +33,8 @@ CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$", to_uppe
 
 # 2100-01-01 00:00 UTC: a later `created` is a unit mistake (milliseconds).
 MAX_CREATED_S = 4_102_444_800
+# Labels older than this are a mistake, not history.
+MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 # Stripe's own ceiling for a PaymentIntent amount (99,999,999 in minor units).
 MAX_AMOUNT_MINOR = 99_999_999
 
@@ -170,3 +172,16 @@ class Label(BaseModel):
     customer_id: str | None = None
     terminal_id: str | None = None
     payment_created: datetime | None = None
+
+    @field_validator("event_time", "arrival_time", "payment_created")
+    @classmethod
+    def _plausible(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)  # naive times are UTC
+        if not MIN_TIME <= value < datetime.fromtimestamp(MAX_CREATED_S, tz=UTC):
+            raise ValueError(
+                f"{value.isoformat()} is not between 2000-01-01 and 2100-01-01"
+            )
+        return value

@@ -96,6 +96,10 @@ def test_labels_are_validated():
     assert errors == [] and labels[0].is_fraud
     _, errors = validate_labels([{**label, "event_time": "later"}])
     assert fields(errors) == {"labels[0].event_time"}
+    for absurd in (-1, "9999-12-31T23:59:59Z"):
+        _, errors = validate_labels([{**label, "payment_created": absurd}])
+        assert fields(errors) == {"labels[0].payment_created"}, absurd
+        assert "2000-01-01" in errors[0]["message"]
 
 
 @pytest.mark.integration
