@@ -93,15 +93,16 @@ def _inputs(tx: pd.DataFrame, rows: np.ndarray, snapshot: dict[str, np.ndarray])
     unix_s = tf_unix(tx)
     amounts = tx["tx_amount"].to_numpy(dtype=np.float64)
     terminals = tx["terminal_key"].to_numpy()
-    # Every fraud in the frame: terminal_fraud_recency keeps, per payment, only
-    # those paid at least the label delay before it.
+    # Every fraud in the frame, gathered once: terminal_fraud_recency keeps, per
+    # payment, only those paid at least the label delay before it.
     fraud = tx["tx_fraud"].to_numpy() == 1
+    fraud_terminals, fraud_unix_s = terminals[fraud], unix_s[fraud]
     for lo in range(0, n, INPUT_CHUNK_ROWS):
         part = rows[lo: lo + INPUT_CHUNK_ROWS]
         hi = lo + len(part)
         block = index.blocks(part)
         snap = {k: v[lo:hi] for k, v in snapshot.items()}
-        label = tf.terminal_fraud_recency(terminals[fraud], unix_s[fraud],
+        label = tf.terminal_fraud_recency(fraud_terminals, fraud_unix_s,
                                           terminals[part], unix_s[part])
         static[lo:hi], sequence[lo:hi], lengths[lo:hi], _ = tf.model_inputs(
             snap, block, unix_s[part], amounts[part], label)
