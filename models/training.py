@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from models.metrics import auc_roc, average_precision
-from models.network import FraudEnsemble, FraudNet
+from models.network import FraudEnsemble, FraudNet, build_network
 
 logger = logging.getLogger(__name__)
 
@@ -292,12 +292,10 @@ def train_model(
         _fit_member(data, config, member, on_epoch, started)
         for member in range(config.members)
     ]
-    if len(fits) == 1:
-        net: nn.Module = fits[0].net
-        val_metrics = fits[0].val_metrics
-    else:
-        net = FraudEnsemble([fit.net for fit in fits]).eval()
-        val_metrics = _validation_metrics(net, data)
+    net: nn.Module = (
+        fits[0].net if len(fits) == 1
+        else FraudEnsemble([fit.net for fit in fits]).eval()
+    )
     return TrainResult(
         net=net,
         normaliser=normaliser,
@@ -307,7 +305,7 @@ def train_model(
         train_s=time.perf_counter() - started,
         n_train=len(data.train_idx),
         n_val=len(data.val_idx),
-        val_metrics=val_metrics,
+        val_metrics=_validation_metrics(net, data),
         history=[record for fit in fits for record in fit.history],
     )
 
@@ -329,7 +327,6 @@ class _MemberFit:
     net: FraudNet
     best_epoch: int
     epochs_run: int
-    val_metrics: dict[str, float]
     history: list[dict[str, float]]
 
 
@@ -362,15 +359,8 @@ def _fit_member(
     rng = np.random.default_rng(seed)
     budget_s = config.max_train_s / config.members
     member_started = time.perf_counter()
-    net = FraudNet(
-        data.static_n.shape[1],
-        data.seq_n.shape[2],
-        encoder=config.encoder,
-        hidden=config.hidden,
-        static_hidden=config.static_hidden,
-        dropout=config.dropout,
-        max_events=config.max_events,
-    )
+    spec = network_spec(config, data.static_n.shape[1], data.seq_n.shape[2])
+    net = build_network({**spec, "members": 1})
     train_idx, labels = data.train_idx, data.labels
     n_pos = max(1.0, float(labels[train_idx].sum()))
     n_neg = max(1.0, float(len(train_idx) - n_pos) * config.negative_fraction)
@@ -426,13 +416,8 @@ def _fit_member(
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
-    best = history[best_epoch - 1] if best_epoch else {}
     return _MemberFit(
-        net=net,
-        best_epoch=best_epoch,
-        epochs_run=epoch,
-        val_metrics={k: best[k] for k in ("val_ap", "val_auc") if k in best},
-        history=history,
+        net=net, best_epoch=best_epoch, epochs_run=epoch, history=history
     )
 
 
