@@ -9,6 +9,11 @@ Prints, in one run, side by side:
 Targets (issue 3): real p50/p99 within 1.5x of the no-op chain's; real max
 single payments/s at least 0.7x the no-op chain's; batch at least 1,000/s.
 
+The real mesh traces every payment (``--sample-ratio 1``) to a discarding
+OTLP/HTTP endpoint (benchmarks/otlp_sink.py, in its own process), so its
+figures include making, batching, encoding and posting every span; the no-op
+chain traces nothing. ``--no-tracing`` measures the real mesh without.
+
     .venv/bin/python benchmarks/bench_mesh.py [--seconds 20] [--no-fast]
 
 Uses the trained model under the state dir (``fraudmesh train`` or the demo makes
@@ -18,8 +23,12 @@ one) and warms the online state with ``run_materialize`` when it is available.
 import argparse
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -209,23 +218,100 @@ async def measure(url: str, bodies: Bodies, args) -> dict:
     return result
 
 
+_OTEL_KEYS = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+)
+
+
+class Sink:
+    """benchmarks/otlp_sink.py in a child process, on a free port."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        script = Path(__file__).with_name("otlp_sink.py")
+        self._proc = subprocess.Popen([sys.executable, str(script), str(self.port)])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.stats()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("the OTLP sink did not start") from None
+                time.sleep(0.1)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"{self.endpoint}/stats", timeout=5) as r:
+            return json.load(r)
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+
+
+def tracing_env(sink: Sink | None, ratio: float) -> dict[str, str | None]:
+    """The OTEL_* settings of one run: the sink and the ratio, or none at all."""
+    if sink is None:
+        return dict.fromkeys(_OTEL_KEYS)
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": str(ratio),
+    }
+
+
 def run_one(
-    name: str, app, bodies: Bodies, args, state_dir: Path, warm_day=None
+    name: str,
+    app,
+    bodies: Bodies,
+    args,
+    state_dir: Path,
+    warm_day=None,
+    sink: Sink | None = None,
 ) -> dict:
-    mesh = start_mesh(
-        port=args.port,
-        state_dir=state_dir,
-        fast=args.fast,
-        app=app,
-        models_dir=args.models_dir,
-    )
+    # Set before Ray starts: every replica inherits this process's environment.
+    saved = {k: os.environ.get(k) for k in _OTEL_KEYS}
+    for key, value in tracing_env(sink, args.sample_ratio).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    try:
+        mesh = start_mesh(
+            port=args.port,
+            state_dir=state_dir,
+            fast=args.fast,
+            app=app,
+            models_dir=args.models_dir,
+        )
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     try:
         if warm_day is not None:
             warm_state(args.data, warm_day, mesh.redis_url)
         print(f"measuring {name} ...", flush=True)
-        return asyncio.run(measure(mesh.url, bodies, args))
+        before = sink.stats() if sink else None
+        result = asyncio.run(measure(mesh.url, bodies, args))
     finally:
-        mesh.stop()
+        mesh.stop()  # replicas flush their last spans to the sink
+    if sink is not None:
+        after = sink.stats()
+        result["otlp_exports"] = after["requests"] - before["requests"]
+        result["otlp_bytes"] = after["bytes"] - before["bytes"]
+    return result
 
 
 def warm_state(data: Path, day, redis_url: str) -> None:
@@ -244,10 +330,20 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--no-fast", dest="fast", action="store_false")
     parser.add_argument("--only", choices=["noop", "real"], default=None)
+    parser.add_argument(
+        "--no-tracing", dest="tracing", action="store_false",
+        help="the real mesh without tracing (default: every payment traced)",
+    )
+    parser.add_argument("--sample-ratio", type=float, default=1.0)
     parser.add_argument("--models-dir", type=Path, default=None)
     parser.add_argument("--state-dir", type=Path, default=Path(".fraudmesh/bench"))
     args = parser.parse_args()
     args.port = args.port or _free_port()
+    if args.models_dir is None:
+        # The models `fraudmesh train` or the demo made, not the bench state dir's.
+        from fraudmesh.config import get_settings
+
+        args.models_dir = get_settings().models_path
 
     args.data = args.data or default_data_path()
     frame = load_transactions(args.data)
@@ -261,14 +357,20 @@ def main() -> None:
                 "no-op chain", noop_app(), Bodies(window, run), args, Path(tmp)
             )
     if args.only in (None, "real"):
-        results["real"] = run_one(
-            "real mesh",
-            None,
-            Bodies(window, run),
-            args,
-            args.state_dir,
-            warm_day=first_day,
-        )
+        sink = Sink() if args.tracing else None
+        try:
+            results["real"] = run_one(
+                "real mesh",
+                None,
+                Bodies(window, run),
+                args,
+                args.state_dir,
+                warm_day=first_day,
+                sink=sink,
+            )
+        finally:
+            if sink is not None:
+                sink.stop()
     report(results, args)
 
 
@@ -297,6 +399,15 @@ def report(results: dict, args) -> None:
     for name, r in results.items():
         errs = r["open"]["errors"] + r["max"]["errors"] + r["batch"]["errors"]
         print(f"{name}: {errs} non-200 answers; fast settings: {args.fast}")
+    if real is not None:
+        if args.tracing:
+            print(
+                f"real mesh tracing: sample ratio {args.sample_ratio:g}, "
+                f"{real['otlp_exports']} OTLP exports, "
+                f"{real['otlp_bytes'] / 1e6:.1f} MB received by the sink"
+            )
+        else:
+            print("real mesh tracing: off (--no-tracing)")
     print(json.dumps(results))
 
 
