@@ -24,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from feature_repo.transforms import STATIC_FEATURES, ModelInput
 from fraudmesh.config import get_settings
+from fraudmesh.replica import settle
 from fraudmesh.schemas import Payment
 from fraudmesh.tracing import hop, setup_tracing, shutdown_tracing
 from models.scorer import Scorer
@@ -96,20 +97,21 @@ class Model:
         self._policy = policy
         self._explain_min_score = 0.0
         setup_tracing("model", **{"fraudmesh.model_version": self._scorer.version})
+        settle()  # last: what start-up made is frozen (fraudmesh/replica.py)
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         config = dict(user_config or {})
         self._explain_min_score = float(config.get("explain_min_score", 0.0))
         self._score_batch.set_max_batch_size(int(config.get("max_batch_size", 64)))
         self._score_batch.set_batch_wait_timeout_s(
-            float(config.get("batch_wait_timeout_s", 0.002))
+            float(config.get("batch_wait_timeout_s", 0.0))
         )
 
     @property
     def version(self) -> str:
         return self._scorer.version
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
     async def _score_batch(
         self, calls: list[list[ModelInput]]
     ) -> list[list[dict[str, Any]]]:
