@@ -45,6 +45,7 @@ from ray import serve
 
 from fraudmesh.config import ActuationMode, Settings, get_settings
 from fraudmesh.errors import ActuationError, ConfigError
+from fraudmesh.replica import settle
 from fraudmesh.schemas import Decision, Payment
 from fraudmesh.tracing import (
     client_span,
@@ -707,6 +708,7 @@ class Actuation:
     def __init__(self) -> None:
         setup_tracing("actuation")
         self._actuator = StripeActuator()
+        settle()  # last: what start-up made is frozen (fraudmesh/replica.py)
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         self._actuator.configure(ActuationConfig.from_user_config(user_config))

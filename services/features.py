@@ -10,6 +10,8 @@ it directly; the ``Features`` deployment wraps it (same method names, plus a
   are recorded first (idempotent) so the new day's snapshot counts them. An
   unknown customer or terminal gets zero snapshot features and an empty history.
   Earlier payments of the same batch count as history of later ones, as offline.
+- ``await client.lookup(payments, record=True)``: the same, and records the
+  payments (below) in the same call, once their history has been read.
 - ``await client.record(payments)``: append each payment to its customer's
   history (atomic append-and-trim) and to the per-day aggregates; a payment id
   already recorded is skipped (``SET NX`` in the same Lua script).
@@ -40,13 +42,14 @@ from datetime import datetime
 import numpy as np
 import redis.asyncio as aioredis
 from ray import serve
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from feature_repo import history as hs
 from feature_repo import transforms as tf
 from feature_repo.transforms import ModelInput
 from fraudmesh.config import Settings, get_settings
 from fraudmesh.errors import FeatureStoreError, HistoryStoreError
+from fraudmesh.replica import settle
 from fraudmesh.schemas import Label, Payment
 from fraudmesh.tracing import client_span, hop, setup_tracing, shutdown_tracing
 
@@ -153,13 +156,44 @@ class FeatureClient:
 
     # -------------------------------------------------------------- lookup
 
-    async def lookup(self, payments: Sequence[Payment]) -> list[ModelInput]:
-        """Model inputs of ``payments`` in input order (history before each)."""
+    async def lookup(self, payments: Sequence[Payment], *,
+                     record: bool = False) -> list[ModelInput]:
+        """Model inputs of ``payments`` in input order (history before each).
+
+        ``record=True`` also records the payments (as :meth:`record`), in one
+        call: the write starts once the history has been read, so it cannot
+        leak into the payments' own features, and runs beside the Feast read;
+        the lookup returns after both, and fails if either failed.
+        """
         if not payments:
             return []
         times = np.array([unix_s(p.created) for p in payments], dtype=np.int64)
-        block, terminal_label = await self._history(payments, times)
-        online = await self._online_by_day(payments, times)
+        recording: asyncio.Task | None = None
+
+        async def history_then_record():
+            nonlocal recording
+            got = await self._history(payments, times)
+            if record:
+                recording = asyncio.create_task(self.record(payments))
+            return got
+
+        # The Redis history and the Feast read side by side. A day boundary may
+        # record the batch's earlier payments meanwhile; the history drops
+        # repeated payment ids, so they count once either way.
+        got = await asyncio.gather(history_then_record(),
+                                   self._online_by_day(payments, times),
+                                   return_exceptions=True)
+        if recording is not None:
+            # Awaited even when a read failed: no write is left running.
+            got.append((await asyncio.gather(recording, return_exceptions=True))[0])
+        for outcome in got:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        (block, terminal_label, reset), online = got[0], got[1]
+        if reset:
+            # The state was reset under this replica (materialize) while the
+            # Feast read ran on the old day cache: read again on the new one.
+            online = await self._online_by_day(payments, times)
         amount = np.array([p.amount for p in payments], dtype=np.float64)
         snapshot = {n: online[n] for n in tf.CUSTOMER_SNAPSHOT_FEATURES
                     + tf.TERMINAL_SNAPSHOT_FEATURES}
@@ -176,8 +210,9 @@ class FeatureClient:
 
     async def _history(
         self, payments: Sequence[Payment], times: np.ndarray
-    ) -> tuple[tf.HistoryBlock, dict[str, np.ndarray]]:
-        """The history block and the terminal label features, one round trip."""
+    ) -> tuple[tf.HistoryBlock, dict[str, np.ndarray], bool]:
+        """The history block, the terminal label features and whether the state
+        was reset behind this replica's back; one round trip."""
         customers = sorted({p.customer_id for p in payments})
         terminals = sorted({p.terminal_id for p in payments})
         # Only frauds paid at least the delay before a payment of the batch and
@@ -198,10 +233,12 @@ class FeatureClient:
                     raw, frauds = raw[:len(customers)], raw[len(customers):]
         except RedisError as exc:
             raise HistoryStoreError(f"reading the history failed: {exc}") from exc
-        if latest is None or int(latest) < self._snapshot_day:
+        latest_day = -1 if latest is None else int(latest)
+        reset = latest_day < self._snapshot_day
+        if reset:
             # The state was reset (materialize) behind this replica's back: forget
             # the cached day, so the next day boundary is built again.
-            self._snapshot_day = -1 if latest is None else int(latest)
+            self._snapshot_day = latest_day
         stored = {c: [hs.decode_event(e) for e in r] for c, r in zip(customers, raw,
                                                                      strict=True)}
         for p, t in zip(payments, times, strict=True):  # the batch's own payments
@@ -217,7 +254,7 @@ class FeatureClient:
         label = tf.terminal_fraud_recency(
             np.array(fraud_terminal, dtype=str), np.array(fraud_unix_s, np.int64),
             np.array([p.terminal_id for p in payments], dtype=str), times)
-        return block, label
+        return block, label, reset
 
     async def _online_by_day(self, payments: Sequence[Payment],
                              times: np.ndarray) -> dict[str, np.ndarray]:
@@ -270,15 +307,32 @@ class FeatureClient:
         try:
             with client_span("redis.history.append", {"fraudmesh.batch_size":
                                                      len(payments)}):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for p in payments:
-                        await self._record_payment(
-                            keys=_payment_keys(p), args=_payment_args(p),
-                            client=pipe)
-                    results = await pipe.execute()
+                results = await self._run_script(
+                    self._record_payment,
+                    [(_payment_keys(p), _payment_args(p)) for p in payments])
         except RedisError as exc:
             raise HistoryStoreError(f"recording payments failed: {exc}") from exc
         return int(sum(int(r) for r in results))
+
+    async def _run_script(self, script, calls: list[tuple[list, list]]) -> list:
+        """``script`` once per ``(keys, args)``, in one pipeline round trip.
+
+        By SHA, without the SCRIPT EXISTS round trip redis-py's pipelines add
+        before each use of a registered script; when the server does not know
+        the script (restarted, SCRIPT FLUSH) it is loaded and the pipeline run
+        again. Every script here is idempotent, so the rerun is safe.
+        """
+        for attempt in (1, 2):
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    return await pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self._redis.script_load(script.script)
+        raise AssertionError("unreachable")
 
     async def record_account_change(self, customer_id: str, at: datetime,
                                     changed: list[str]) -> None:
@@ -304,23 +358,20 @@ class FeatureClient:
             return 0
         try:
             where = await self._label_targets(labels)
+            calls = []
+            for label, target in zip(labels, where, strict=True):
+                if target is None:
+                    continue
+                terminal, paid_s = target
+                day = paid_s // tf.SECONDS_PER_DAY
+                calls.append((
+                    [hs.label_key(label.payment_id), hs.terminal_day_key(day),
+                     hs.terminal_frauds_key(terminal)],
+                    [int(label.is_fraud), terminal, hs.SEEN_TTL_S,
+                     label.payment_id, paid_s, hs.TERMINAL_FRAUD_KEEP_S]))
             with client_span("redis.labels.fold", {"fraudmesh.batch_size":
                                                   len(labels)}):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for label, target in zip(labels, where, strict=True):
-                        if target is None:
-                            continue
-                        terminal, paid_s = target
-                        day = paid_s // tf.SECONDS_PER_DAY
-                        await self._record_label(
-                            keys=[hs.label_key(label.payment_id),
-                                  hs.terminal_day_key(day),
-                                  hs.terminal_frauds_key(terminal)],
-                            args=[int(label.is_fraud), terminal, hs.SEEN_TTL_S,
-                                  label.payment_id, paid_s,
-                                  hs.TERMINAL_FRAUD_KEEP_S],
-                            client=pipe)
-                    results = await pipe.execute()
+                results = await self._run_script(self._record_label, calls)
         except RedisError as exc:
             raise HistoryStoreError(f"recording labels failed: {exc}") from exc
         skipped = sum(t is None for t in where)
@@ -491,18 +542,15 @@ class Features:
         setup_tracing("features")
         self._client = FeatureClient(redis_url, settings)
         self._client.open_store()  # seconds; the replica is ready only after it
+        settle()  # last: what start-up made is frozen (fraudmesh/replica.py)
 
     async def lookup(self, payments: list[Payment],
-                     carrier: dict[str, str] | None = None) -> list[ModelInput]:
+                     carrier: dict[str, str] | None = None, *,
+                     record: bool = False) -> list[ModelInput]:
+        """Model inputs; ``record=True`` also records the payments (one hop)."""
         with hop("features.lookup", carrier,
                  {"fraudmesh.batch_size": len(payments)}):
-            return await self._client.lookup(payments)
-
-    async def record(self, payments: list[Payment],
-                     carrier: dict[str, str] | None = None) -> int:
-        with hop("features.record", carrier,
-                 {"fraudmesh.batch_size": len(payments)}):
-            return await self._client.record(payments)
+            return await self._client.lookup(payments, record=record)
 
     async def record_labels(self, labels: list[Label],
                             carrier: dict[str, str] | None = None) -> int:

@@ -10,10 +10,10 @@ Contracts:
   answers the stored response (``duplicate: true``) and is not recorded again.
   A concurrent duplicate finds the claim still pending and waits (bounded) for the
   first request's response, so a payment is never counted twice.
-- The ``Ingest`` hop calls Features.lookup, then Model.score (which calls Policy,
-  which calls Actuation), while Features.record appends the new payments to the
-  history concurrently with scoring: the lookup has already read the history
-  *before* each payment, so recording cannot leak into its own score.
+- The ``Ingest`` hop calls Features.lookup with ``record=True`` (the history
+  *before* each payment is read, then the new payments are appended, in the same
+  call, so recording cannot leak into their own scores), then Model.score (which
+  calls Policy, which calls Actuation).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from fraudmesh.errors import HistoryStoreError
+from fraudmesh.replica import settle
 from fraudmesh.schemas import Label, Payment, PaymentRequest
 from fraudmesh.tracing import hop, setup_tracing, shutdown_tracing
 
@@ -116,19 +117,23 @@ class IdempotencyStore:
     async def claim(self, ids: Sequence[str]) -> list[bytes | None]:
         """Per id: ``None`` when this call claimed it, else the stored value."""
         try:
+            # SET NX GET (Redis 7+): sets when absent and answers the value that
+            # was there, so a claim and the lookup of an earlier one are one
+            # command per id.
             async with self._redis.pipeline(transaction=False) as pipe:
                 for pid in ids:
-                    key = IDEMPOTENCY_PREFIX + pid
-                    pipe.set(key, _PENDING, nx=True, ex=self.pending_ttl_s)
-                    pipe.get(key)
-                replies = await pipe.execute()
+                    pipe.set(
+                        IDEMPOTENCY_PREFIX + pid,
+                        _PENDING,
+                        nx=True,
+                        get=True,
+                        ex=self.pending_ttl_s,
+                    )
+                return await pipe.execute()
         except aioredis.RedisError as exc:
             raise HistoryStoreError(
                 f"idempotency claim in Redis failed ({exc}); is Redis up?"
             ) from exc
-        return [
-            None if replies[2 * i] else replies[2 * i + 1] for i in range(len(ids))
-        ]
 
     async def store(self, responses: Sequence[Mapping[str, Any]]) -> None:
         try:
@@ -184,6 +189,7 @@ class Ingest:
         self._model = model
         self._redis = aioredis.Redis.from_url(redis_url)
         self._idem = IdempotencyStore(self._redis)
+        settle()  # last: what start-up made is frozen (fraudmesh/replica.py)
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         config = dict(user_config or {})
@@ -243,10 +249,10 @@ class Ingest:
 
     async def _score_new(self, new: list[Payment], h: Any) -> list[dict]:
         try:
-            inputs = await self._features.lookup.remote(new, carrier=h.carrier)
-            recorded = self._features.record.remote(new, carrier=h.carrier)
+            inputs = await self._features.lookup.remote(
+                new, carrier=h.carrier, record=True
+            )
             responses = await self._model.score.remote(new, inputs, carrier=h.carrier)
-            await recorded
         except BaseException:
             # Cancelled or failed: free the claims so a retry scores them. Shielded
             # so a cancellation cannot leave the ids claimed until the pending TTL.

@@ -39,6 +39,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from fraudmesh.errors import FraudmeshError, HistoryStoreError
+from fraudmesh.replica import settle
 from fraudmesh.tracing import (
     hop,
     payment_attributes,
@@ -161,6 +162,7 @@ class Ingress:
         self._ingest = ingest
         self._webhooks = webhooks
         self._ready_at = 0.0
+        settle()  # last: what start-up made is frozen (fraudmesh/replica.py)
 
     async def _score(self, route: str, bodies: list, batch: bool, request: Request):
         started = time.perf_counter()

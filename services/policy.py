@@ -35,6 +35,7 @@ from ray.serve.handle import DeploymentHandle
 import services.actuation as _actuation_module
 from feature_repo.transforms import FEATURE_DESCRIPTIONS
 from fraudmesh.errors import ConfigError
+from fraudmesh.replica import settle
 from fraudmesh.schemas import Decision, Payment
 from fraudmesh.tracing import hop, score_bucket, setup_tracing, shutdown_tracing
 
@@ -273,6 +274,7 @@ class Policy:
         self._config = PolicyConfig()
         impl = getattr(_actuation_module.Actuation, "func_or_class", None)
         self._act_many = hasattr(impl, "act_many")
+        settle()  # last: what start-up made is frozen (fraudmesh/replica.py)
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         self._config = PolicyConfig.from_user_config(user_config)

@@ -52,6 +52,7 @@ from fraudmesh.errors import (
     HistoryStoreError,
     WebhookError,
 )
+from fraudmesh.replica import settle
 from fraudmesh.schemas import Label, LabelSource, Payment, PaymentRequest
 from fraudmesh.stripe_events import (
     HANDLED_TYPES,
@@ -911,6 +912,7 @@ class Webhooks:
         # (e.g. a test), the consumer starts on the first call instead.
         with contextlib.suppress(RuntimeError):
             self._consumer.start()
+        settle()  # last: what start-up made is frozen (fraudmesh/replica.py)
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         config = dict(user_config or {})

@@ -140,6 +140,48 @@ async def test_duplicate_payment_ids_are_not_counted_twice(clean_redis, tmp_path
     r.close()
 
 
+async def test_lookup_with_record_reads_before_it_writes(clean_redis, tmp_path):
+    """One call scores on the history before the payments, then records them."""
+    client = FeatureClient(clean_redis, _settings(tmp_path, clean_redis))
+    first = _payment("pi_lr1", "cus_lr", DAY + timedelta(hours=1))
+    second = _payment("pi_lr2", "cus_lr", DAY + timedelta(hours=2))
+    try:
+        [plain] = await client.lookup([first])
+        [got] = await client.lookup([first], record=True)
+        assert got.length == 0  # its own write did not reach its features
+        np.testing.assert_array_equal(got.static, plain.static)
+        assert await client.record([first]) == 0  # already recorded
+        [later] = await client.lookup([second], record=True)
+        assert later.length == 1
+    finally:
+        await client.close()
+    r = redis.Redis.from_url(clean_redis)
+    assert r.llen(hs.history_key("cus_lr")) == 2
+    r.close()
+
+
+async def test_writes_survive_a_script_flush(clean_redis, tmp_path):
+    """Scripts run by SHA; a server that forgot them (restart, SCRIPT FLUSH)
+    gets them loaded again and the write goes through once."""
+    client = FeatureClient(clean_redis, _settings(tmp_path, clean_redis))
+    at = DAY + timedelta(hours=3)
+    label = Label(payment_id="pi_sf1", is_fraud=True, source=LabelSource.DISPUTE,
+                  event_time=at + timedelta(days=8), terminal_id="term_1",
+                  payment_created=at)
+    r = redis.Redis.from_url(clean_redis)
+    try:
+        r.script_flush()
+        assert await client.record([_payment("pi_sf1", "cus_sf", at)]) == 1
+        r.script_flush()
+        assert await client.record_labels([label]) == 1
+        r.script_flush()
+        assert await client.record([_payment("pi_sf1", "cus_sf", at)]) == 0
+    finally:
+        await client.close()
+    assert r.llen(hs.history_key("cus_sf")) == 1
+    r.close()
+
+
 async def test_history_append_and_trim_is_atomic_under_concurrency(clean_redis,
                                                                    tmp_path):
     settings = _settings(tmp_path, clean_redis)
