@@ -11,7 +11,7 @@ it directly; the ``Features`` deployment wraps it (same method names, plus a
   unknown customer or terminal gets zero snapshot features and an empty history.
   Earlier payments of the same batch count as history of later ones, as offline.
 - ``await client.lookup(payments, record=True)``: the same, and records the
-  payments (below) in the same call, once their history has been read.
+  payments (below) in the same Redis round trip, queued after the reads.
 - ``await client.record(payments)``: append each payment to its customer's
   history (atomic append-and-trim) and to the per-day aggregates; a payment id
   already recorded is skipped (``SET NX`` in the same Lua script).
@@ -36,8 +36,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -160,32 +161,22 @@ class FeatureClient:
                      record: bool = False) -> list[ModelInput]:
         """Model inputs of ``payments`` in input order (history before each).
 
-        ``record=True`` also records the payments (as :meth:`record`), in one
-        call: the write starts once the history has been read, so it cannot
-        leak into the payments' own features, and runs beside the Feast read;
-        the lookup returns after both, and fails if either failed.
+        ``record=True`` also records the payments (as :meth:`record`): the
+        writes follow the history reads in the same Redis pipeline, so Redis
+        runs them after the reads (they cannot leak into the payments' own
+        features) and the lookup costs no extra round trip.
         """
         if not payments:
             return []
         times = np.array([unix_s(p.created) for p in payments], dtype=np.int64)
-        recording: asyncio.Task | None = None
-
-        async def history_then_record():
-            nonlocal recording
-            got = await self._history(payments, times)
-            if record:
-                recording = asyncio.create_task(self.record(payments))
-            return got
-
-        # The Redis history and the Feast read side by side. A day boundary may
-        # record the batch's earlier payments meanwhile; the history drops
-        # repeated payment ids, so they count once either way.
-        got = await asyncio.gather(history_then_record(),
+        # The Redis round trip and the Feast read side by side: gather starts
+        # the history first, so its pipeline is on the wire and Redis answers
+        # while the Feast read runs. A day boundary may record the batch's
+        # earlier payments meanwhile; the history drops repeated payment ids,
+        # so they count once either way.
+        got = await asyncio.gather(self._history(payments, times, record=record),
                                    self._online_by_day(payments, times),
                                    return_exceptions=True)
-        if recording is not None:
-            # Awaited even when a read failed: no write is left running.
-            got.append((await asyncio.gather(recording, return_exceptions=True))[0])
         for outcome in got:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -209,10 +200,11 @@ class FeatureClient:
         ]
 
     async def _history(
-        self, payments: Sequence[Payment], times: np.ndarray
+        self, payments: Sequence[Payment], times: np.ndarray, *, record: bool
     ) -> tuple[tf.HistoryBlock, dict[str, np.ndarray], bool]:
         """The history block, the terminal label features and whether the state
-        was reset behind this replica's back; one round trip."""
+        was reset behind this replica's back; one round trip, which also
+        records the payments after the reads when ``record``."""
         customers = sorted({p.customer_id for p in payments})
         terminals = sorted({p.terminal_id for p in payments})
         # Only frauds paid at least the delay before a payment of the batch and
@@ -220,17 +212,23 @@ class FeatureClient:
         newest = int(times.max()) - tf.LABEL_DELAY_DAYS * tf.SECONDS_PER_DAY
         oldest = int(times.min()) - hs.TERMINAL_FRAUD_KEEP_S
         try:
+            def build(pipe) -> None:
+                for c in customers:
+                    pipe.lrange(hs.history_key(c), 0, -1)
+                for t in terminals:
+                    pipe.zrangebyscore(hs.terminal_frauds_key(t), oldest,
+                                       newest, withscores=True)
+                pipe.get(hs.SNAPSHOT_LATEST_KEY)
+                if record:
+                    _add_records(pipe, self._record_payment, payments)
+
             with client_span("redis.history.read",
-                             {"fraudmesh.customers": len(customers)}):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for c in customers:
-                        pipe.lrange(hs.history_key(c), 0, -1)
-                    for t in terminals:
-                        pipe.zrangebyscore(hs.terminal_frauds_key(t), oldest,
-                                           newest, withscores=True)
-                    pipe.get(hs.SNAPSHOT_LATEST_KEY)
-                    *raw, latest = await pipe.execute()
-                    raw, frauds = raw[:len(customers)], raw[len(customers):]
+                             {"fraudmesh.customers": len(customers),
+                              "fraudmesh.recorded": record}):
+                replies = await self._pipeline(build, self._record_payment)
+            reads = len(customers) + len(terminals)
+            raw, frauds = replies[:len(customers)], replies[len(customers):reads]
+            latest = replies[reads]
         except RedisError as exc:
             raise HistoryStoreError(f"reading the history failed: {exc}") from exc
         latest_day = -1 if latest is None else int(latest)
@@ -287,9 +285,12 @@ class FeatureClient:
                 for p, t in zip(payments, times, strict=True)]
         try:
             with client_span("feast.online_read", {"fraudmesh.rows": len(rows)}):
-                got = await asyncio.to_thread(
-                    lambda: store.get_online_features(
-                        features=online_feature_refs(), entity_rows=rows).to_dict())
+                # On the event loop, not in a thread: the read is CPU work in
+                # Python (SQLite answers from a local file), so a thread would
+                # only trade it for GIL hand-offs. The lookup's Redis round trip
+                # is already on the wire meanwhile (see lookup()).
+                got = store.get_online_features(
+                    features=online_feature_refs(), entity_rows=rows).to_dict()
         except Exception as exc:  # Feast raises untyped errors; translate here
             raise FeatureStoreError(
                 f"Feast online lookup failed ({type(exc).__name__}: {exc})") from exc
@@ -307,26 +308,26 @@ class FeatureClient:
         try:
             with client_span("redis.history.append", {"fraudmesh.batch_size":
                                                      len(payments)}):
-                results = await self._run_script(
-                    self._record_payment,
-                    [(_payment_keys(p), _payment_args(p)) for p in payments])
+                results = await self._pipeline(
+                    lambda pipe: _add_records(pipe, self._record_payment, payments),
+                    self._record_payment)
         except RedisError as exc:
             raise HistoryStoreError(f"recording payments failed: {exc}") from exc
         return int(sum(int(r) for r in results))
 
-    async def _run_script(self, script, calls: list[tuple[list, list]]) -> list:
-        """``script`` once per ``(keys, args)``, in one pipeline round trip.
+    async def _pipeline(self, build: Callable[[Any], None], script) -> list:
+        """One pipeline round trip; ``build(pipe)`` queues the commands.
 
-        By SHA, without the SCRIPT EXISTS round trip redis-py's pipelines add
-        before each use of a registered script; when the server does not know
-        the script (restarted, SCRIPT FLUSH) it is loaded and the pipeline run
-        again. Every script here is idempotent, so the rerun is safe.
+        Scripts are queued by SHA (``pipe.evalsha``), without the SCRIPT EXISTS
+        round trip redis-py's pipelines add before each use of a registered
+        script; when the server does not know ``script`` (restarted, SCRIPT
+        FLUSH) it is loaded and the pipeline run again. Every script and read
+        here may run twice without harm.
         """
         for attempt in (1, 2):
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for keys, args in calls:
-                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    build(pipe)
                     return await pipe.execute()
             except NoScriptError:
                 if attempt == 2:
@@ -369,9 +370,13 @@ class FeatureClient:
                      hs.terminal_frauds_key(terminal)],
                     [int(label.is_fraud), terminal, hs.SEEN_TTL_S,
                      label.payment_id, paid_s, hs.TERMINAL_FRAUD_KEEP_S]))
+            script = self._record_label
             with client_span("redis.labels.fold", {"fraudmesh.batch_size":
                                                   len(labels)}):
-                results = await self._run_script(self._record_label, calls)
+                results = await self._pipeline(
+                    lambda pipe: [pipe.evalsha(script.sha, len(keys), *keys, *args)
+                                  for keys, args in calls],
+                    script)
         except RedisError as exc:
             raise HistoryStoreError(f"recording labels failed: {exc}") from exc
         skipped = sum(t is None for t in where)
@@ -504,6 +509,13 @@ class FeatureClient:
             raise FeatureStoreError(
                 f"pushing snapshot rows failed ({type(exc).__name__}: {exc})"
             ) from exc
+
+
+def _add_records(pipe, script, payments: Sequence[Payment]) -> None:
+    """Queue ``script`` (the record-payment script) once per payment, by SHA."""
+    for p in payments:
+        keys = _payment_keys(p)
+        pipe.evalsha(script.sha, len(keys), *keys, *_payment_args(p))
 
 
 def _payment_keys(p: Payment) -> list[str]:

@@ -53,7 +53,17 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 1000
 _HEALTH_CACHE_S = 1.0
 
-api = FastAPI(title="fraudmesh", version="0.1.0", docs_url=None, redoc_url=None)
+# FastAPI's own telemetry keeps the HTTP server span (`POST /v1/score`, which
+# continues a caller's traceparent); its per-operation spans (endpoint,
+# dependencies) would add two spans per payment that say nothing the hop spans
+# don't, and its metrics and logs are off (GET /metrics is ours).
+api = FastAPI(
+    title="fraudmesh",
+    version="0.1.0",
+    docs_url=None,
+    redoc_url=None,
+    telemetry={"operation_spans": False, "metrics": False, "logs": False},
+)
 
 
 

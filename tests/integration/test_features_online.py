@@ -176,9 +176,13 @@ async def test_writes_survive_a_script_flush(clean_redis, tmp_path):
         assert await client.record_labels([label]) == 1
         r.script_flush()
         assert await client.record([_payment("pi_sf1", "cus_sf", at)]) == 0
+        r.script_flush()  # the lookup's pipeline mixes reads and the script
+        [got] = await client.lookup([_payment("pi_sf2", "cus_sf", at
+                                              + timedelta(hours=1))], record=True)
+        assert got.length == 1
     finally:
         await client.close()
-    assert r.llen(hs.history_key("cus_sf")) == 1
+    assert r.llen(hs.history_key("cus_sf")) == 2
     r.close()
 
 
