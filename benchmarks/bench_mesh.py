@@ -9,15 +9,24 @@ Prints, in one run, side by side:
 Targets (issue 3): real p50/p99 within 1.5x of the no-op chain's; real max
 single payments/s at least 0.7x the no-op chain's; batch at least 1,000/s.
 
+Both run at once in one Ray instance, as two Serve applications behind the same
+HTTP proxy (the real mesh at ``/``, the no-op chain at ``/noop``), and are
+measured in alternating rounds (``--rounds``, each ``--seconds / --rounds``
+long per measure): on a shared 2-core machine the speed drifts by tens of
+percent over minutes, and alternation puts both sides under the same drift.
+The no-op chain has the real deployments' options except its CPU reservation
+(a token 0.01 each, so both fit Ray's 2 CPUs; a reservation does not limit
+speed).
+
 The real mesh traces every payment (``--sample-ratio 1``) to a discarding
 OTLP/HTTP endpoint (benchmarks/otlp_sink.py, in its own process), so its
 figures include making, batching, encoding and posting every span; the no-op
 chain traces nothing. ``--no-tracing`` measures the real mesh without.
 
-    .venv/bin/python benchmarks/bench_mesh.py [--seconds 20] [--no-fast]
+    .venv/bin/python benchmarks/bench_mesh.py [--seconds 20] [--rounds 4] [--no-fast]
 
 Uses the trained model under the state dir (``fraudmesh train`` or the demo makes
-one) and warms the online state with ``run_materialize`` when it is available.
+one) and warms the online state with ``run_materialize``.
 """
 
 import argparse
@@ -26,7 +35,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -43,9 +51,11 @@ from ray import serve
 from fraudmesh.dataset import day_start, default_data_path, load_transactions
 from orchestration.graph import deployment_options
 from orchestration.replay import payment_body
-from orchestration.serving import start_mesh
+from orchestration.serving import start_mesh, wait_ready
 
 noop_api = FastAPI()
+NOOP_CPU_RESERVATION = 0.01
+NOOP_PREFIX = "/noop"
 
 
 @serve.deployment
@@ -117,6 +127,7 @@ def noop_app():
     def opts(deployment, name):
         options = deployment_options(name)
         options.pop("user_config", None)
+        options["ray_actor_options"] = {"num_cpus": NOOP_CPU_RESERVATION}
         return deployment.options(name=name, **options)
 
     actuation = opts(NoopActuation, "Actuation").bind()
@@ -144,6 +155,8 @@ class Bodies:
 
 
 async def open_loop(url: str, bodies: Bodies, rate: float, seconds: float) -> dict:
+    """Single payments at ``rate`` per second, each sent on time whatever the
+    answers before it (open loop); the latency of each, after 10 warm-ups."""
     latencies_ms: list[float] = []
     errors = 0
 
@@ -170,18 +183,13 @@ async def open_loop(url: str, bodies: Bodies, rate: float, seconds: float) -> di
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(session)))
         await asyncio.gather(*tasks)
-    lat = np.array(latencies_ms)
-    return {
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-        "n": len(lat),
-        "errors": errors,
-    }
+    return {"latencies_ms": latencies_ms, "errors": errors}
 
 
 async def closed_loop(
     url: str, bodies: Bodies, concurrency: int, seconds: float, batch: int = 0
 ) -> dict:
+    """``concurrency`` clients, each sending its next request on the answer."""
     done = 0
     errors = 0
     stop_at = time.perf_counter() + seconds
@@ -206,16 +214,57 @@ async def closed_loop(
         started = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return {"payments_per_s": done / elapsed, "errors": errors}
+    return {"done": done, "elapsed_s": elapsed, "errors": errors}
 
 
-async def measure(url: str, bodies: Bodies, args) -> dict:
-    result = {"open": await open_loop(url, bodies, args.rate, args.seconds)}
-    result["max"] = await closed_loop(url, bodies, args.concurrency, args.seconds)
-    result["batch"] = await closed_loop(
-        url, bodies, args.batch_concurrency, args.seconds, batch=64
-    )
-    return result
+async def measure(targets: dict[str, tuple[str, Bodies]], args) -> dict:
+    """Every measure on every target, in ``args.rounds`` alternating rounds."""
+    piece = args.seconds / args.rounds
+    raw: dict[str, dict[str, list]] = {
+        name: {"open": [], "max": [], "batch": []} for name in targets
+    }
+    order = list(targets)
+    for round_ in range(args.rounds):
+        print(f"round {round_ + 1}/{args.rounds}: {' then '.join(order)}", flush=True)
+        for measure_name in ("open", "max", "batch"):
+            for name in order:
+                url, bodies = targets[name]
+                if measure_name == "open":
+                    got = await open_loop(url, bodies, args.rate, piece)
+                elif measure_name == "max":
+                    got = await closed_loop(url, bodies, args.concurrency, piece)
+                else:
+                    got = await closed_loop(
+                        url, bodies, args.batch_concurrency, piece, batch=64
+                    )
+                raw[name][measure_name].append(got)
+        order.reverse()  # whoever went first goes second next round
+    return {name: summarise(parts) for name, parts in raw.items()}
+
+
+def summarise(parts: dict[str, list]) -> dict:
+    latencies = np.array([x for got in parts["open"] for x in got["latencies_ms"]])
+
+    def rate(runs: list[dict]) -> float:
+        return sum(r["done"] for r in runs) / sum(r["elapsed_s"] for r in runs)
+
+    errors = sum(got["errors"] for runs in parts.values() for got in runs)
+    return {
+        "open": {
+            "p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99)),
+            "n": len(latencies),
+        },
+        "max": {"payments_per_s": rate(parts["max"])},
+        "batch": {"payments_per_s": rate(parts["batch"])},
+        "errors": errors,
+    }
+
+
+def warm_state(data: Path, day, redis_url: str) -> None:
+    from orchestration.materialize import run_materialize
+
+    run_materialize(data, day, redis_url=redis_url)
 
 
 _OTEL_KEYS = (
@@ -269,15 +318,8 @@ def tracing_env(sink: Sink | None, ratio: float) -> dict[str, str | None]:
     }
 
 
-def run_one(
-    name: str,
-    app,
-    bodies: Bodies,
-    args,
-    state_dir: Path,
-    warm_day=None,
-    sink: Sink | None = None,
-) -> dict:
+def start_both(args, sink: Sink | None):
+    """The real mesh at ``/`` and the no-op chain at ``/noop``, one Ray."""
     # Set before Ray starts: every replica inherits this process's environment.
     saved = {k: os.environ.get(k) for k in _OTEL_KEYS}
     for key, value in tracing_env(sink, args.sample_ratio).items():
@@ -288,9 +330,8 @@ def run_one(
     try:
         mesh = start_mesh(
             port=args.port,
-            state_dir=state_dir,
+            state_dir=args.state_dir,
             fast=args.fast,
-            app=app,
             models_dir=args.models_dir,
         )
     finally:
@@ -300,36 +341,25 @@ def run_one(
             else:
                 os.environ[key] = value
     try:
-        if warm_day is not None:
-            warm_state(args.data, warm_day, mesh.redis_url)
-        print(f"measuring {name} ...", flush=True)
-        before = sink.stats() if sink else None
-        result = asyncio.run(measure(mesh.url, bodies, args))
-    finally:
-        mesh.stop()  # replicas flush their last spans to the sink
-    if sink is not None:
-        after = sink.stats()
-        result["otlp_exports"] = after["requests"] - before["requests"]
-        result["otlp_bytes"] = after["bytes"] - before["bytes"]
-    return result
-
-
-def warm_state(data: Path, day, redis_url: str) -> None:
-    from orchestration.materialize import run_materialize
-
-    run_materialize(data, day, redis_url=redis_url)
+        serve.run(noop_app(), name="noop", route_prefix=NOOP_PREFIX, blocking=False)
+        wait_ready(mesh.url + NOOP_PREFIX)
+    except BaseException:
+        mesh.stop()
+        raise
+    return mesh
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="per measure and side, over all rounds")
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batch-concurrency", type=int, default=4)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--no-fast", dest="fast", action="store_false")
-    parser.add_argument("--only", choices=["noop", "real"], default=None)
     parser.add_argument(
         "--no-tracing", dest="tracing", action="store_false",
         help="the real mesh without tracing (default: every payment traced)",
@@ -350,27 +380,26 @@ def main() -> None:
     first_day = (frame["tx_datetime"].max() - timedelta(days=7)).date()
     window = frame[frame["tx_datetime"] >= day_start(first_day)]
     run = uuid.uuid4().hex[:8]
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="bench-noop-") as tmp:
-        if args.only in (None, "noop"):
-            results["noop"] = run_one(
-                "no-op chain", noop_app(), Bodies(window, run), args, Path(tmp)
-            )
-    if args.only in (None, "real"):
-        sink = Sink() if args.tracing else None
+    sink = Sink() if args.tracing else None
+    try:
+        mesh = start_both(args, sink)
         try:
-            results["real"] = run_one(
-                "real mesh",
-                None,
-                Bodies(window, run),
-                args,
-                args.state_dir,
-                warm_day=first_day,
-                sink=sink,
-            )
+            warm_state(args.data, first_day, mesh.redis_url)
+            targets = {
+                "noop": (mesh.url + NOOP_PREFIX, Bodies(window, run + "n")),
+                "real": (mesh.url, Bodies(window, run + "r")),
+            }
+            before = sink.stats() if sink else None
+            results = asyncio.run(measure(targets, args))
         finally:
-            if sink is not None:
-                sink.stop()
+            mesh.stop()  # replicas flush their last spans to the sink
+        if sink is not None:
+            after = sink.stats()
+            results["real"]["otlp_exports"] = after["requests"] - before["requests"]
+            results["real"]["otlp_bytes"] = after["bytes"] - before["bytes"]
+    finally:
+        if sink is not None:
+            sink.stop()
     report(results, args)
 
 
@@ -397,8 +426,12 @@ def report(results: dict, args) -> None:
         target = "real >= 1000" if factor is None else f"ratio {sense} {factor}"
         print(f"{label:28} {a:12.1f} {b:12.1f} {ratio:7.2f}  {target}")
     for name, r in results.items():
-        errs = r["open"]["errors"] + r["max"]["errors"] + r["batch"]["errors"]
-        print(f"{name}: {errs} non-200 answers; fast settings: {args.fast}")
+        print(f"{name}: {r['errors']} non-200 answers; fast settings: {args.fast}")
+    print(
+        f"{args.rounds} alternating rounds; {args.seconds:g} s per measure and "
+        f"side in all; open loop: {noop['open']['n']} and {real['open']['n']} "
+        "payments"
+    )
     if real is not None:
         if args.tracing:
             print(
