@@ -428,8 +428,13 @@ def model_inputs(
     computed here.
     """
     amount = np.asarray(amount, dtype=np.float64)
-    snap = {k: np.nan_to_num(np.asarray(v, dtype=np.float64)) for k, v in
-            snapshot.items()}
+    # One nan_to_num over the stacked columns, not one per column: online this
+    # runs per request, and each call has a fixed cost far above the work.
+    names = list(snapshot)
+    cleaned = np.nan_to_num(np.stack(
+        [np.asarray(snapshot[k], dtype=np.float64) for k in names]
+    )) if names else np.empty((0, len(amount)))
+    snap = dict(zip(names, cleaned, strict=True))
     if request is None:
         request = request_features(
             amount, unix_s, snap["customer_mean_amount_30d"],
