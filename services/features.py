@@ -1,8 +1,9 @@
 """Features: Feast online lookup plus the behaviour history in Redis.
 
 ``FeatureClient`` holds the online feature logic without Ray, so tests and jobs use
-it directly; the ``Features`` deployment wraps it (same method names, plus a
-``carrier`` keyword for tracing).
+it directly; the ``Features`` deployment wraps its ``lookup``, ``record_labels``
+and ``record_account_change`` (same names, plus a ``carrier`` keyword for
+tracing); scored payments are recorded by ``lookup(..., record=True)``.
 
 - ``await client.lookup(payments) -> list[ModelInput]``: Feast online features and
   the behaviour history strictly *before* each payment, in input order. Reads only,
