@@ -340,6 +340,12 @@ class StateStore:
         raw = await self._redis.hgetall(payment_key(payment_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    async def claim_once(self, payment_id: str, what: str) -> bool:
+        """True for the first caller to claim ``what`` on the payment, once."""
+        return bool(
+            await self._redis.hsetnx(payment_key(payment_id), f"claim:{what}", "1")
+        )
+
     async def update_payment(self, payment_id: str, values: Mapping[str, Any]) -> None:
         clean = {k: _text(v) for k, v in values.items() if v is not None}
         if not clean:
@@ -503,6 +509,12 @@ class EventProcessor:
             "radar_risk_score": _opt_int(stored.get("radar_risk_score")),
             "radar_risk_level": stored.get("radar_risk_level"),
         }
+        # The payment's scoring and its Radar signal run in separate lanes; when
+        # they finish together both see the other's write and would re-decide.
+        # One re-decision per Radar reading: the first to claim it does it.
+        reading = f"redecide:{radar['radar_risk_score']}:{radar['radar_risk_level']}"
+        if not await self.state.claim_once(pid, reading):
+            return "re-decision with this Radar reading already made"
         answer = await self.graph.redecide(
             Payment.from_request(request),
             float(stored["score"]),

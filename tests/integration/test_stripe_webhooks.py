@@ -332,3 +332,22 @@ async def test_queue_recovers_when_the_stream_and_group_vanish(mesh, redis_clien
     await deliver(receiver, event_body("payment_intent.created", pi_obj(uid("pi"))))
     await drain(queue, consumer)
     assert len(graph.of("score")) == 1
+
+
+async def test_one_radar_reading_redecides_once_when_both_lanes_finish_together(mesh):
+    """Scoring and the Radar signal run in separate lanes; when both see the
+    other's write they both reach the re-decision, which must happen once."""
+    receiver, queue, graph, consumer = mesh
+    pid = uid("pi")
+    await deliver(receiver, event_body("payment_intent.created", pi_obj(pid)))
+    await drain(queue, consumer)
+    state = consumer.processor.state
+    await state.update_payment(
+        pid, {"radar_risk_score": 91, "radar_risk_level": "highest"}
+    )
+    stored = await state.payment(pid)
+    await asyncio.gather(
+        consumer.processor._redecide(pid, stored),
+        consumer.processor._redecide(pid, stored),
+    )
+    assert len(graph.of("redecide")) == 1
