@@ -51,6 +51,9 @@ from services.ingest import PendingDuplicate
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+# A full batch of 1,000 payments is well under 1 MiB; 4 MiB leaves room for
+# metadata and refuses what only a mistake or an attack sends.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 _HEALTH_CACHE_S = 1.0
 
 # FastAPI's own telemetry keeps the HTTP server span (`POST /v1/score`, which
@@ -89,7 +92,7 @@ class _Metrics:
         )
         self.invalid = Counter(
             "fraudmesh_invalid_requests_total",
-            "Requests answered 422.",
+            "Requests refused as bad input (422, or 413 for a body too large).",
             ["route"],
             registry=self.registry,
         )
@@ -139,12 +142,73 @@ def _score_attributes(bodies: list, batch: bool) -> dict[str, Any]:
     return attributes
 
 
+class BodyTooLarge(Exception):
+    """A request body above MAX_BODY_BYTES (answered 413)."""
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body's bytes; BodyTooLarge beyond MAX_BODY_BYTES, judged by
+    Content-Length before reading when the client sends it, else as it arrives."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise BodyTooLarge
+    return bytes(raw)
+
+
 async def _json_body(request: Request) -> tuple[Any, list[dict] | None]:
-    raw = await request.body()
+    """The parsed JSON body, or the 422 errors naming ``body`` (BodyTooLarge
+    as :func:`_read_body`)."""
+    raw = await _read_body(request)
     try:
         return json.loads(raw), None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return None, [{"field": "body", "message": f"not valid JSON ({exc})"}]
+    except RecursionError:
+        return None, [{"field": "body", "message": "JSON nested too deeply"}]
+
+
+_ROUTES = {
+    "/v1/score": "score",
+    "/v1/score/batch": "batch",
+    "/v1/labels": "labels",
+    "/v1/webhooks/stripe": "webhooks",
+}
+
+
+def _route(request: Request) -> str:
+    path = request.url.path
+    return _ROUTES.get(path, "reviews" if path.startswith("/v1/reviews/") else "other")
+
+
+@api.exception_handler(BodyTooLarge)
+async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+    _metrics().invalid.labels(_route(request)).inc()
+    return JSONResponse(
+        status_code=413,
+        content={
+            "error": "too_large",
+            "errors": [
+                {"field": "body", "message": f"larger than {MAX_BODY_BYTES} bytes"}
+            ],
+        },
+    )
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """Any other failure: a JSON 500, counted; the log names the error type
+    only (its message could quote the request)."""
+    _metrics().failed.labels(_route(request)).inc()
+    logger.error("unexpected %s on %s", type(exc).__name__, _route(request))
+    return JSONResponse(
+        status_code=500,
+        content={"error": "internal", "message": "unexpected error; see the log"},
+    )
 
 
 def _list_field(body: Any, name: str) -> tuple[list | None, list[dict] | None]:
@@ -251,7 +315,7 @@ class Ingress:
                 status_code=404,
                 content={"error": "not_configured", "message": "no Webhooks"},
             )
-        body = await request.body()
+        body = await _read_body(request)
         signature = request.headers.get("Stripe-Signature")
         with hop("ingress.stripe_webhook", _carrier(request)) as h:
             answer = await self._webhooks.receive.remote(

@@ -95,6 +95,8 @@ def test_batch_answers_in_request_order(client):
         ({"amount": "ten"}, "amount"),
         ({"created": "yesterday"}, "created"),
         ({"amount": 12.5}, "amount"),
+        ({"id": "pi_x/../customers/cus_1"}, "id"),
+        ({"customer": "cus\u0000x"}, "customer"),
     ],
 )
 def test_bad_input_is_422_naming_the_field(client, change, field):
@@ -161,6 +163,21 @@ def test_labels_are_accepted_and_bad_labels_named(client):
     bad = {**label, "source": "rumour"}
     r = client.post("/v1/labels", json={"labels": [bad]})
     assert "labels[0].source" in fields_of(r)
+
+
+def test_deep_nesting_and_huge_bodies_are_refused_not_crashed(client):
+    nested = "[" * 5000 + "]" * 5000
+    body = '{"id": "pi_deep", "metadata": {"x": ' + nested + "}}"
+    r = client.post(
+        "/v1/score", content=body, headers={"content-type": "application/json"}
+    )
+    assert fields_of(r) == {"body"}
+    assert "nested" in r.json()["errors"][0]["message"]
+    huge = payment(metadata={"terminal_id": "t", "pad": "x" * (5 * 1024 * 1024)})
+    r = client.post("/v1/score", json=huge)
+    assert r.status_code == 413, r.text
+    assert r.json()["errors"][0]["field"] == "body"
+    assert client.get("/healthz").status_code == 200
 
 
 def test_healthz_and_metrics(client):
