@@ -11,11 +11,13 @@ Contracts:
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,8 +28,23 @@ from pydantic import (
 
 from fraudmesh.currency import is_known_currency, to_major
 
+# No control characters, whitespace or URL delimiters: ids end up in Redis keys,
+# log lines and Stripe API paths.
+_BAD_ID_CHARACTERS = re.compile(r"[\x00-\x20\x7f/?#%&\\]")
+
+
+def _plain_id(value: str) -> str:
+    if _BAD_ID_CHARACTERS.search(value):
+        raise ValueError(
+            "must not contain whitespace, control characters or any of / ? # % & \\"
+        )
+    return value
+
+
 Identifier = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
+    AfterValidator(_plain_id),
 ]
 CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$", to_upper=True)]
 
