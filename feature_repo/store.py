@@ -133,6 +133,9 @@ def _open(settings: Settings, snapshot_dir: Path, registry_path: Path | None):
     from feast import FeatureStore
 
     from feature_repo.definitions import build_definitions
+    from fraudmesh.logging import quiet_library_notices
+
+    quiet_library_notices()  # after Feast's imports, which set filters of their own
 
     try:
         config = repo_config(settings, registry_path=registry_path)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from datetime import UTC, datetime
 from typing import Any
 
@@ -152,3 +153,19 @@ def ensure_logging(deployment: str | None = None) -> None:
     if not logging.getLogger().handlers:
         level = os.environ.get("FRAUDMESH_LOG_LEVEL", "INFO").upper()
         setup_logging(level, deployment=deployment)
+
+
+# Library notices that tell someone running fraudmesh nothing: Feast calls every
+# on-demand view "experimental" on each use, and ibis warns about a DuckDB method
+# it calls itself. Anything else still shows.
+_QUIET = (
+    (RuntimeWarning, r"On demand feature view is an experimental feature"),
+    (DeprecationWarning, r"fetch_arrow_table\(\) is deprecated"),
+)
+
+
+def quiet_library_notices() -> None:
+    """Hide the notices above. Call after ``import feast``: Feast's modules put
+    warning filters of their own in front when they are imported."""
+    for category, message in _QUIET:
+        warnings.filterwarnings("ignore", message=message, category=category)

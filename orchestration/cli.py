@@ -9,7 +9,6 @@ column or option at fault, with exit status 2; never a traceback.
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -191,16 +190,5 @@ def demo() -> None:
     _run(run_demo)
 
 
-# Library notices that say nothing to someone running a command: Feast calls
-# every on-demand view "experimental" on each use, and ibis warns about a DuckDB
-# method it calls itself. Anything else still shows.
-_QUIET = (
-    (RuntimeWarning, r"On demand feature view is an experimental feature"),
-    (DeprecationWarning, r"fetch_arrow_table\(\) is deprecated"),
-)
-
-
 def main() -> None:  # pragma: no cover - console entry
-    for category, message in _QUIET:
-        warnings.filterwarnings("ignore", message=message, category=category)
     sys.exit(app())
