@@ -221,7 +221,8 @@ class FeatureClient:
                                        newest, withscores=True)
                 pipe.get(hs.SNAPSHOT_LATEST_KEY)
                 if record:
-                    _add_records(pipe, self._record_payment, payments)
+                    _queue_script(pipe, self._record_payment,
+                                  _record_calls(payments))
 
             with client_span("redis.history.read",
                              {"fraudmesh.customers": len(customers),
@@ -310,7 +311,8 @@ class FeatureClient:
             with client_span("redis.history.append", {"fraudmesh.batch_size":
                                                      len(payments)}):
                 results = await self._pipeline(
-                    lambda pipe: _add_records(pipe, self._record_payment, payments),
+                    lambda pipe: _queue_script(pipe, self._record_payment,
+                                               _record_calls(payments)),
                     self._record_payment)
         except RedisError as exc:
             raise HistoryStoreError(f"recording payments failed: {exc}") from exc
@@ -371,13 +373,11 @@ class FeatureClient:
                      hs.terminal_frauds_key(terminal)],
                     [int(label.is_fraud), terminal, hs.SEEN_TTL_S,
                      label.payment_id, paid_s, hs.TERMINAL_FRAUD_KEEP_S]))
-            script = self._record_label
             with client_span("redis.labels.fold", {"fraudmesh.batch_size":
                                                   len(labels)}):
                 results = await self._pipeline(
-                    lambda pipe: [pipe.evalsha(script.sha, len(keys), *keys, *args)
-                                  for keys, args in calls],
-                    script)
+                    lambda pipe: _queue_script(pipe, self._record_label, calls),
+                    self._record_label)
         except RedisError as exc:
             raise HistoryStoreError(f"recording labels failed: {exc}") from exc
         skipped = sum(t is None for t in where)
@@ -512,11 +512,15 @@ class FeatureClient:
             ) from exc
 
 
-def _add_records(pipe, script, payments: Sequence[Payment]) -> None:
-    """Queue ``script`` (the record-payment script) once per payment, by SHA."""
-    for p in payments:
-        keys = _payment_keys(p)
-        pipe.evalsha(script.sha, len(keys), *keys, *_payment_args(p))
+def _queue_script(pipe, script, calls: Sequence[tuple[list, list]]) -> None:
+    """Queue ``script`` by SHA once per ``(keys, args)`` (see ``_pipeline``)."""
+    for keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+def _record_calls(payments: Sequence[Payment]) -> list[tuple[list, list]]:
+    """The record-payment script's ``(keys, args)`` for each payment."""
+    return [(_payment_keys(p), _payment_args(p)) for p in payments]
 
 
 def _payment_keys(p: Payment) -> list[str]:
