@@ -1,5 +1,6 @@
-"""Print the features' costs: example building (time, memory), materialize, and
-online lookup latency. Figures are printed, never asserted.
+"""Print the features' costs: example building (time, memory), materialize,
+online lookup latency and a day-boundary snapshot build. Figures are printed,
+never asserted.
 
     .venv/bin/python benchmarks/bench_features.py [--data PATH] [--redis-url URL]
         [--windows 7,28] [--lookups 300] [--batch 1]
@@ -68,6 +69,13 @@ async def bench_lookup(tx, url: str, state: Path, day: datetime, n: int,
         await client.record(chunk)
         lookups.append((t1 - t0) * 1e3)
         records.append((time.perf_counter() - t1) * 1e3)
+    # The day boundary: the first payment after midnight waits for this.
+    next_day = int(day.timestamp()) // 86400 + 1
+    t0, c0 = time.perf_counter(), time.process_time()
+    customers, terminals = await client.push_snapshot(next_day)
+    print(f"day-boundary snapshot ({store_kind}): {customers} customers, "
+          f"{terminals} terminals in {time.perf_counter() - t0:.2f} s "
+          f"({time.process_time() - c0:.2f} s CPU)")
     await client.close()
     p = np.percentile
     print(f"online lookup ({store_kind}, batch {batch}): p50 {p(lookups, 50):.2f} ms, "
