@@ -23,7 +23,7 @@ Days are unix day numbers (``unix_s // 86400``, UTC).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,41 +109,80 @@ def decode_event(raw: bytes | str) -> Event:
     return Event(int(unix_s), float(amount), terminal, int(kind), event_id)
 
 
-def events_before(
-    events: Iterable[Event], unix_s: int, exclude_id: str, n: int = tf.HISTORY_LENGTH
-) -> list[Event]:
-    """The last ``n`` events strictly earlier than ``unix_s``, oldest first.
+@dataclass(frozen=True, slots=True)
+class EventColumns:
+    """One customer's events as columns, in arrival order (see decode_events)."""
 
-    Drops ``exclude_id`` (the payment itself) and repeated event ids; ties in time
-    keep arrival order, as the offline path keeps file order.
+    unix_s: np.ndarray  # int64
+    amount: np.ndarray  # float64
+    terminal: np.ndarray  # object: str ("" for an account change)
+    kind: np.ndarray  # int8
+    event_id: np.ndarray  # object: str
+    # True when some payment id occurs twice (concurrent records out of order);
+    # only then does fill_history drop repeats one by one.
+    repeats: bool
+
+
+def decode_events(raw: Sequence[bytes | str],
+                  extra: Sequence[Event] = ()) -> EventColumns:
+    """A history list as read from Redis, then ``extra`` events, as columns.
+
+    Decodes the whole list at once: the payments path reads every scored
+    customer's full list, so per-event objects would dominate a lookup.
     """
-    seen: set[str] = set()
-    kept = []
-    for event in events:
-        if event.unix_s >= unix_s or event.event_id == exclude_id:
-            continue
-        if event.kind == tf.EVENT_PAYMENT:
-            if event.event_id in seen:
-                continue
-            seen.add(event.event_id)
-        kept.append(event)
-    kept.sort(key=lambda e: e.unix_s)  # stable
-    return kept[-n:]
+    fields = [(r.decode() if isinstance(r, bytes) else r).split("|", 4) for r in raw]
+    fields.extend((str(e.unix_s), repr(e.amount), e.terminal, str(e.kind),
+                   e.event_id) for e in extra)
+    if not fields:
+        return _NO_EVENTS
+    unix_s, amount, terminal, kind, event_id = (np.array(c, dtype=object)
+                                                for c in zip(*fields, strict=True))
+    kind = kind.astype(np.int8)
+    payment_ids = event_id[kind == tf.EVENT_PAYMENT]
+    return EventColumns(unix_s.astype(np.int64), amount.astype(np.float64),
+                        terminal, kind, event_id,
+                        repeats=len(set(payment_ids.tolist())) < len(payment_ids))
 
 
-def fill_block(block: tf.HistoryBlock, row: int, events: Sequence[Event],
-               terminal: str) -> None:
-    """Write ``events`` (oldest first, at most N) into ``block`` row ``row``."""
+_NO_EVENTS = EventColumns(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, object),
+                          np.zeros(0, np.int8), np.zeros(0, object), repeats=False)
+
+
+def fill_history(block: tf.HistoryBlock, row: int, events: EventColumns,
+                 unix_s: int, exclude_id: str, terminal: str) -> None:
+    """Write into ``block`` row ``row`` the last N events strictly before ``unix_s``.
+
+    Drops ``exclude_id`` (the payment itself) and repeated payment ids (the
+    first in arrival order stays); ties in time keep arrival order, as the
+    offline path keeps file order. Events end oldest first, padded in front.
+    """
     n = block.mask.shape[1]
-    offset = n - len(events)
-    for j, event in enumerate(events):
-        col = offset + j
-        block.unix_s[row, col] = event.unix_s
-        block.amount[row, col] = event.amount
-        block.same_terminal[row, col] = (event.kind == tf.EVENT_PAYMENT
-                                         and event.terminal == terminal)
-        block.kind[row, col] = event.kind
-        block.mask[row, col] = True
+    kept = np.flatnonzero((events.unix_s < unix_s) & (events.event_id != exclude_id))
+    if events.repeats:
+        kept = _first_of_each_payment(events, kept)
+    if not len(kept):
+        return
+    kept = kept[np.argsort(events.unix_s[kept], kind="stable")][-n:]
+    cols = slice(n - len(kept), n)
+    block.unix_s[row, cols] = events.unix_s[kept]
+    block.amount[row, cols] = events.amount[kept]
+    kind = events.kind[kept]
+    block.kind[row, cols] = kind
+    block.same_terminal[row, cols] = ((kind == tf.EVENT_PAYMENT)
+                                      & (events.terminal[kept] == terminal))
+    block.mask[row, cols] = True
+
+
+def _first_of_each_payment(events: EventColumns, kept: np.ndarray) -> np.ndarray:
+    seen: set[str] = set()
+    out = []
+    for i in kept.tolist():
+        if events.kind[i] == tf.EVENT_PAYMENT:
+            if events.event_id[i] in seen:
+                continue
+            seen.add(events.event_id[i])
+        out.append(i)
+    return np.array(out, dtype=np.int64)
 
 
 def aggregates_from_hashes(

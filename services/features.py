@@ -239,15 +239,16 @@ class FeatureClient:
             # The state was reset (materialize) behind this replica's back: forget
             # the cached day, so the next day boundary is built again.
             self._snapshot_day = latest_day
-        stored = {c: [hs.decode_event(e) for e in r] for c, r in zip(customers, raw,
-                                                                     strict=True)}
+        own: dict[str, list[hs.Event]] = {c: [] for c in customers}
         for p, t in zip(payments, times, strict=True):  # the batch's own payments
-            stored[p.customer_id].append(hs.Event(int(t), p.amount, p.terminal_id,
-                                                  tf.EVENT_PAYMENT, p.payment_id))
+            own[p.customer_id].append(hs.Event(int(t), p.amount, p.terminal_id,
+                                               tf.EVENT_PAYMENT, p.payment_id))
+        stored = {c: hs.decode_events(r, own[c])
+                  for c, r in zip(customers, raw, strict=True)}
         block = tf.empty_block(len(payments))
         for i, (p, t) in enumerate(zip(payments, times, strict=True)):
-            events = hs.events_before(stored[p.customer_id], int(t), p.payment_id)
-            hs.fill_block(block, i, events, p.terminal_id)
+            hs.fill_history(block, i, stored[p.customer_id], int(t), p.payment_id,
+                            p.terminal_id)
         fraud_terminal = [t for t, got in zip(terminals, frauds, strict=True)
                           for _ in got]
         fraud_unix_s = [int(score) for got in frauds for _, score in got]

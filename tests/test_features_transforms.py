@@ -165,14 +165,68 @@ def test_recency_and_account_change():
         np.log1p(tf.NO_EVENT_SECONDS))
 
 
-def test_events_before_excludes_self_later_and_duplicates():
+def _history_of(events: list[hs.Event], unix_s: int, exclude: str,
+                terminal: str = "t") -> tf.HistoryBlock:
+    block = tf.empty_block(1)
+    raw = [hs.encode_event(e).encode() for e in events]
+    hs.fill_history(block, 0, hs.decode_events(raw), unix_s, exclude, terminal)
+    return block
+
+
+def test_history_excludes_self_later_and_repeats():
     ev = [hs.Event(10, 1.0, "t", 0, "pi_1"), hs.Event(30, 3.0, "t", 0, "pi_3"),
-          hs.Event(20, 2.0, "t", 0, "pi_2"), hs.Event(20, 2.0, "t", 0, "pi_2"),
+          hs.Event(20, 2.0, "u", 0, "pi_2"), hs.Event(20, 2.5, "t", 0, "pi_2"),
           hs.Event(25, 0.0, "", 1, "account_change:email")]
-    got = hs.events_before(ev, 30, "pi_3")
-    assert [e.event_id for e in got] == ["pi_1", "pi_2", "account_change:email"]
-    assert hs.events_before(ev, 20, "x") == [ev[0]]  # same second is not before
+    block = _history_of(ev, 30, "pi_3")
+    assert block.mask[0].sum() == 3
+    assert block.unix_s[0, -3:].tolist() == [10, 20, 25]
+    assert block.amount[0, -3:].tolist() == [1.0, 2.0, 0.0]  # the first pi_2 stays
+    assert block.same_terminal[0, -3:].tolist() == [True, False, False]
+    assert block.kind[0, -3:].tolist() == [0, 0, 1]
+    same_second = _history_of(ev, 20, "x")  # the same second is not before
+    assert same_second.unix_s[0, same_second.mask[0]].tolist() == [10]
     assert hs.decode_event(hs.encode_event(ev[0])) == ev[0]
+
+
+def _reference_history(events: list[hs.Event], unix_s: int, exclude: str,
+                       n: int) -> list[hs.Event]:
+    """The rule, one event at a time: earlier than the payment, not itself,
+    each payment id once (first arrival), stable by time, the last n."""
+    seen, kept = set(), []
+    for e in events:
+        if e.unix_s >= unix_s or e.event_id == exclude:
+            continue
+        if e.kind == tf.EVENT_PAYMENT:
+            if e.event_id in seen:
+                continue
+            seen.add(e.event_id)
+        kept.append(e)
+    kept.sort(key=lambda e: e.unix_s)
+    return kept[-n:]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_history_columns_follow_the_rule(seed):
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(0, 3 * tf.HISTORY_LENGTH))
+    stored = [hs.Event(int(rng.integers(0, 50)), float(rng.integers(1, 999)) / 4,
+                       str(rng.choice(["t", "u"])), int(rng.random() < 0.1),
+                       f"pi_{rng.integers(0, size + 1)}") for _ in range(size)]
+    own = [hs.Event(int(rng.integers(0, 50)), 5.0, "t", 0, f"pi_own{i}")
+           for i in range(3)]
+    columns = hs.decode_events([hs.encode_event(e) for e in stored], own)
+    for p in own:
+        block = tf.empty_block(1)
+        hs.fill_history(block, 0, columns, p.unix_s, p.event_id, "t")
+        want = _reference_history(stored + own, p.unix_s, p.event_id,
+                                  tf.HISTORY_LENGTH)
+        got = block.mask[0]
+        assert got.sum() == len(want)
+        assert block.unix_s[0, got].tolist() == [e.unix_s for e in want]
+        assert block.amount[0, got].tolist() == [e.amount for e in want]
+        assert block.kind[0, got].tolist() == [e.kind for e in want]
+        assert block.same_terminal[0, got].tolist() == [
+            e.kind == tf.EVENT_PAYMENT and e.terminal == "t" for e in want]
 
 
 def test_aggregates_from_hashes():
