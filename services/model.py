@@ -22,7 +22,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from feature_repo.transforms import STATIC_FEATURES, ModelInput
+from feature_repo.transforms import HISTORY_LENGTH, STATIC_FEATURES, ModelInput
 from fraudmesh.config import get_settings
 from fraudmesh.replica import settle
 from fraudmesh.schemas import Payment
@@ -94,6 +94,7 @@ class Model:
         torch.set_num_threads(int(os.environ.get("FRAUDMESH_TORCH_THREADS", "1")))
         path = Path(models_dir) if models_dir else get_settings().models_path
         self._scorer = Scorer.load(path)
+        self._scorer.prepare(HISTORY_LENGTH)
         self._policy = policy
         self._explain_min_score = 0.0
         setup_tracing("model", **{"fraudmesh.model_version": self._scorer.version})

@@ -98,6 +98,32 @@ def test_network_ignores_padding_and_handles_empty_history(encoder):
     torch.testing.assert_close(a[:2], b[:2])
 
 
+@pytest.mark.parametrize("encoder", ["gru", "attention", "none"])
+def test_predict_serves_a_trace_only_when_it_matches_the_network(encoder):
+    torch.manual_seed(0)
+    net = FraudNet(F, E, encoder=encoder, hidden=8, static_hidden=8)
+    normaliser = Normaliser(static_log=[False] * F, static_mean=[0.0] * F,
+                            static_std=[1.0] * F, sequence_log=[False] * E,
+                            sequence_mean=[0.0] * E, sequence_std=[1.0] * E)
+    scorer = Scorer(net, normaliser, transforms.STATIC_FEATURES, version="t")
+    static, sequence, lengths, _, _ = synthetic(40, seed=3)
+    for n_events in (N, 5):  # one module per history length
+        got = scorer.predict(static, sequence[:, -n_events:],
+                             np.minimum(lengths, n_events))
+        with torch.inference_mode():
+            want = torch.sigmoid(net(*[torch.from_numpy(a) for a in normaliser.apply(
+                static, sequence[:, -n_events:], np.minimum(lengths, n_events))],
+                torch.from_numpy(np.minimum(lengths, n_events))))
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+        module = scorer._inference(n_events)
+        # Whichever module serves, it gave the network's scores; the pooled
+        # encoders trace (the point: batch-1 speed), and a trace is frozen.
+        if encoder != "gru":
+            assert isinstance(module, torch.jit.ScriptModule)
+    scorer.prepare(7)
+    assert 7 in scorer._traced
+
+
 def test_normaliser_fits_training_rows_and_zeroes_padding():
     static = np.array([[1.0, 1000.0], [3.0, 1.0], [np.nan, 2.0]], dtype=np.float32)
     seq = np.ones((3, 4, 1), dtype=np.float32)
