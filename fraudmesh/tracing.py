@@ -24,6 +24,12 @@ Configuration is the standard ``OTEL_*`` environment (read once, in
 - ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``: default
   ``parentbased_traceidratio`` with ratio ``1.0`` (every payment is traced; a
   caller's sampled flag in ``traceparent`` is honoured).
+- ``FRAUDMESH_TRACE_REDIS_COMMANDS=1``: also a client span for every Redis
+  command or pipeline (opentelemetry-instrumentation-redis). Off by default:
+  the store operations on a payment's path have their own client spans
+  (``redis.history.read``, ...), so per-command spans would double them on the
+  hot path, and the webhook consumers' blocking stream reads would each make a
+  root trace of their own every second.
 - ``OTEL_SERVICE_NAME`` overrides the service name given in code;
   ``OTEL_RESOURCE_ATTRIBUTES`` adds resource attributes; ``OTEL_BSP_*`` tune
   the batch span processor.
@@ -127,7 +133,8 @@ def setup_tracing(service_name: str, **resource_attributes: Any) -> None:
         _STATE.service_name = service_name
         _STATE.deployment = _replica_deployment() or service_name
         if exporting:
-            _instrument_redis(provider)
+            if _flag(os.environ.get("FRAUDMESH_TRACE_REDIS_COMMANDS")):
+                _instrument_redis(provider)
             # A process that ends without its shutdown path still flushes.
             atexit.register(shutdown_tracing)
     # Imported here: fraudmesh.logging imports this module.
@@ -310,6 +317,10 @@ def _replica_attributes() -> dict[str, str]:
         "fraudmesh.replica_id": replica_id,
         "service.instance.id": f"{ctx.deployment}#{replica_id}",
     }
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _instrument_redis(provider: Any) -> None:

@@ -505,3 +505,39 @@ def test_a_fresh_process_logs_lines_with_trace_and_payment(log_format) -> None:
         assert f"trace={trace_id}" in line
         assert f"payment={payment_hash}" in line
         assert "[policy " in line
+
+
+_REDIS_SCRIPT = """
+import sys
+import redis
+from fraudmesh import tracing
+tracing.setup_tracing("ingest")
+client = redis.Redis.from_url(sys.argv[1])
+with tracing.hop("ingest.score", None):
+    with tracing.client_span("redis.idempotency.claim"):
+        client.set("fm:test:trace", "1", ex=5)
+tracing.shutdown_tracing()
+"""
+
+
+@pytest.mark.parametrize("flag", ["", "1"])
+def test_redis_command_spans_only_when_asked(flag, redis_url) -> None:
+    # A new interpreter, as a replica is: the instrumentation is process-wide.
+    import os
+    import subprocess
+    import sys
+
+    receiver = OtlpReceiver().start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+               OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+               FRAUDMESH_TRACE_REDIS_COMMANDS=flag)
+    try:
+        subprocess.run([sys.executable, "-c", _REDIS_SCRIPT, redis_url], env=env,
+                       capture_output=True, timeout=60, check=True)
+        spans = receiver.wait_for(lambda s: len(s) >= 2, timeout_s=10)
+    finally:
+        receiver.stop()
+    names = {s.name for s in spans}
+    assert {"ingest.score", "redis.idempotency.claim"} <= names
+    assert ("SET" in names) == (flag == "1")
