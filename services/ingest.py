@@ -219,13 +219,7 @@ class Ingest:
         for p in payments:
             unique.setdefault(p.payment_id, p)
         ids = list(unique)
-        seen = await self._idem.claim(ids)
-        new = [unique[pid] for pid, s in zip(ids, seen, strict=True) if s is None]
-
-        answers: dict[str, dict] = {}
-        if new:
-            for r in await self._score_new(new, h):
-                answers[r["payment_id"]] = r
+        seen, answers = await self._score_claimed(list(unique.values()), h)
         for pid, stored in zip(ids, seen, strict=True):
             if stored is None:
                 continue
@@ -247,12 +241,33 @@ class Ingest:
             out.append(answer)
         return out
 
-    async def _score_new(self, new: list[Payment], h: Any) -> list[dict]:
+    async def _score_claimed(
+        self, payments: list[Payment], h: Any
+    ) -> tuple[list[bytes | None], dict[str, dict]]:
+        """Claim ``payments`` and score those this call claimed.
+
+        Returns the claim results (None: claimed here, else what was stored)
+        and the new answers by payment id. The claim and the feature lookup run
+        side by side, saving a round trip: the lookup's history write is
+        idempotent by payment id, so for a repeat it changes nothing and its
+        features are dropped.
+        """
+        lookup = self._features.lookup.remote(payments, carrier=h.carrier, record=True)
         try:
-            inputs = await self._features.lookup.remote(
-                new, carrier=h.carrier, record=True
-            )
-            responses = await self._model.score.remote(new, inputs, carrier=h.carrier)
+            seen = await self._idem.claim([p.payment_id for p in payments])
+        except BaseException:
+            lookup.cancel()
+            raise
+        rows = [i for i, stored in enumerate(seen) if stored is None]
+        if not rows:
+            lookup.cancel()
+            return seen, {}
+        new = [payments[i] for i in rows]
+        try:
+            inputs = await lookup
+            new_inputs = [inputs[i] for i in rows]
+            responses = await self._model.score.remote(new, new_inputs,
+                                                       carrier=h.carrier)
         except BaseException:
             # Cancelled or failed: free the claims so a retry scores them. Shielded
             # so a cancellation cannot leave the ids claimed until the pending TTL.
@@ -263,7 +278,7 @@ class Ingest:
             r["trace_id"] = trace_id
             r["duplicate"] = False
         await self._idem.store(responses)
-        return responses
+        return seen, {r["payment_id"]: r for r in responses}
 
     async def record_labels(
         self, bodies: list[Any], carrier: dict[str, str] | None = None
