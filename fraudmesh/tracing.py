@@ -71,6 +71,7 @@ __all__ = [
     "hash_id",
     "hop",
     "payment_attributes",
+    "route_hop",
     "safe_attributes",
     "score_bucket",
     "setup_tracing",
@@ -706,6 +707,61 @@ def hop(
                 current._release()
     finally:
         otel_context.detach(token)
+
+
+@contextmanager
+def route_hop(
+    name: str,
+    carrier: Mapping[str, str] | None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[Hop]:
+    """:func:`hop` for an HTTP route handler, without a span of its own.
+
+    At the ingress, FastAPI's telemetry has already made the request's HTTP
+    server span (``POST /v1/score``, continuing a caller's ``traceparent``) and
+    made it current: that span takes the hop's attributes and is the parent of
+    the next hop, so a request is one span here rather than two. An exception
+    leaving the block is recorded on it, as :func:`hop` does. Without such a
+    span (nothing exported, or no HTTP server span of the carrier's trace) this
+    is ``hop(name, carrier, attributes)``.
+    """
+    server = trace.get_current_span()
+    if not (_STATE.exporting and server.is_recording()
+            and _continues(carrier, server.get_span_context())):
+        with hop(name, carrier, attributes) as plain:
+            yield plain
+        return
+    attributes = dict(attributes or {})
+    ctx = _parent_context(carrier)
+    payment_hash = attributes.get(PAYMENT_HASH_KEY)
+    if payment_hash:
+        ctx = baggage.set_baggage(PAYMENT_HASH_KEY, payment_hash, ctx)
+    token = otel_context.attach(ctx)
+    try:
+        if attributes:
+            server.set_attributes(safe_attributes(attributes))
+        out: dict[str, str] = {}
+        propagate.inject(out)
+        current = Hop(span=server, carrier=out)
+        try:
+            yield current
+        except BaseException as exc:
+            server.record_exception(exc)
+            server.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            current._release()
+    finally:
+        otel_context.detach(token)
+
+
+def _continues(carrier: Mapping[str, str] | None, local: trace.SpanContext) -> bool:
+    """Whether ``local`` (a server span) is of the trace ``carrier`` names; a
+    carrier without a valid ``traceparent`` names none, so any span will do."""
+    if not local.is_valid or local.is_remote:
+        return False
+    remote = trace.get_current_span(propagate.extract(carrier or {})).get_span_context()
+    return not remote.is_valid or remote.trace_id == local.trace_id
 
 
 def _parent_context(carrier: Mapping[str, str] | None) -> otel_context.Context:

@@ -41,8 +41,8 @@ from ray.serve.handle import DeploymentHandle
 from fraudmesh.errors import FraudmeshError, HistoryStoreError
 from fraudmesh.replica import settle
 from fraudmesh.tracing import (
-    hop,
     payment_attributes,
+    route_hop,
     setup_tracing,
     shutdown_tracing,
 )
@@ -57,7 +57,8 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 _HEALTH_CACHE_S = 1.0
 
 # FastAPI's own telemetry keeps the HTTP server span (`POST /v1/score`, which
-# continues a caller's traceparent); its per-operation spans (endpoint,
+# continues a caller's traceparent); each route's hop is that span
+# (fraudmesh.tracing.route_hop). Its per-operation spans (endpoint,
 # dependencies) would add two spans per payment that say nothing the hop spans
 # don't, and its metrics and logs are off (GET /metrics is ours).
 api = FastAPI(
@@ -241,7 +242,7 @@ class Ingress:
     async def _score(self, route: str, bodies: list, batch: bool, request: Request):
         started = time.perf_counter()
         attributes = _score_attributes(bodies, batch)
-        with hop("ingress.score", _carrier(request), attributes) as h:
+        with route_hop("ingress.score", _carrier(request), attributes) as h:
             try:
                 answer = await self._ingest.score.remote(
                     bodies, batch, carrier=h.carrier
@@ -297,7 +298,7 @@ class Ingress:
         labels, errors = (None, errors) if errors else _list_field(body, "labels")
         if errors:
             return _invalid("labels", errors)
-        with hop("ingress.labels", _carrier(request)) as h:
+        with route_hop("ingress.labels", _carrier(request)) as h:
             answer = await self._ingest.record_labels.remote(labels, carrier=h.carrier)
         if "errors" in answer:
             return _invalid("labels", answer["errors"])
@@ -317,7 +318,7 @@ class Ingress:
             )
         body = await _read_body(request)
         signature = request.headers.get("Stripe-Signature")
-        with hop("ingress.stripe_webhook", _carrier(request)) as h:
+        with route_hop("ingress.stripe_webhook", _carrier(request)) as h:
             answer = await self._webhooks.receive.remote(
                 body, signature, carrier=h.carrier
             )
@@ -343,7 +344,7 @@ class Ingress:
                 status_code=404,
                 content={"error": "not_configured", "message": "no Webhooks"},
             )
-        with hop("ingress.review", _carrier(request)) as h:
+        with route_hop("ingress.review", _carrier(request)) as h:
             answer = await self._webhooks.review.remote(
                 payment_id, verdict == "approve", carrier=h.carrier
             )

@@ -452,6 +452,59 @@ def test_a_hop_nests_under_a_local_server_span_of_the_same_trace(memory) -> None
     assert format(spans["POST /v1/score"].parent.span_id, "016x") == CALLER_PARENT
 
 
+def test_a_route_hop_is_the_http_server_span(memory) -> None:
+    # At the ingress the request's HTTP server span is the hop: it takes the
+    # attributes and parents the next hop; no second span is made.
+    from opentelemetry import propagate
+
+    header = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_PARENT}-01"}
+    with (
+        tracing.tracer().start_as_current_span(
+            "POST /v1/score", context=propagate.extract(header),
+            kind=SpanKind.SERVER,
+        ) as http_span,
+        tracing.route_hop("ingress.score", header,
+                          tracing.payment_attributes("pi_7")) as h,
+    ):
+        assert h.span is http_span
+        with tracing.hop("ingest.score", h.carrier):
+            pass
+    spans = {s.name: s for s in memory.get_finished_spans()}
+    assert set(spans) == {"POST /v1/score", "ingest.score"}
+    root = spans["POST /v1/score"]
+    assert root.attributes[tracing.PAYMENT_HASH_KEY] == tracing.hash_id("pi_7")
+    assert spans["ingest.score"].parent.span_id == root.context.span_id
+    # The payment travelled in the baggage to the next hop.
+    ingest = spans["ingest.score"]
+    assert ingest.attributes[tracing.PAYMENT_HASH_KEY] == tracing.hash_id("pi_7")
+
+
+def test_a_route_hop_without_a_server_span_makes_its_own(memory) -> None:
+    header = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_PARENT}-01"}
+    with tracing.route_hop("ingress.score", header) as h:
+        assert h.trace_id == CALLER_TRACE
+    (span,) = memory.get_finished_spans()
+    assert span.name == "ingress.score"
+    assert format(span.parent.span_id, "016x") == CALLER_PARENT
+    # A server span of another trace is not the hop either.
+    with (
+        tracing.tracer().start_as_current_span("POST /v1/score"),
+        tracing.route_hop("ingress.score", header) as h,
+    ):
+        assert h.trace_id == CALLER_TRACE
+
+
+def test_a_route_hop_records_an_error_on_the_server_span(memory) -> None:
+    with (
+        pytest.raises(RuntimeError),
+        tracing.tracer().start_as_current_span("POST /v1/score"),
+        tracing.route_hop("ingress.score", None),
+    ):
+        raise RuntimeError("boom")
+    (span,) = memory.get_finished_spans()
+    assert span.status.status_code == StatusCode.ERROR
+
+
 def test_without_export_no_global_provider_is_set() -> None:
     from opentelemetry import trace as otel_trace
 
