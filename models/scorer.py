@@ -191,6 +191,10 @@ def _trace(net: torch.nn.Module, n_static: int, n_events: int,
             # Shape checks in forward() become constants of the trace, which is
             # why it is made per history length and checked below.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # torch 2.13 marks torch.jit deprecated; should a release drop it,
+            # the exception below makes this the eager network, not a failure.
+            warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                    module=r"torch\.jit")
             traced = torch.jit.freeze(torch.jit.trace(net, probe(2), check_trace=False))
             for batch in (1, 3, 17):
                 inputs = probe(batch)

@@ -35,11 +35,13 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import TypeAdapter, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from fraudmesh.errors import FraudmeshError, HistoryStoreError
 from fraudmesh.replica import settle
+from fraudmesh.schemas import Identifier
 from fraudmesh.tracing import (
     payment_attributes,
     route_hop,
@@ -131,6 +133,20 @@ def _carrier(request: Request) -> dict[str, str]:
         if value:
             carrier[name] = value
     return carrier
+
+
+@lru_cache(maxsize=1)
+def _identifier() -> TypeAdapter:
+    return TypeAdapter(Identifier)
+
+
+def _payment_id(value: str) -> tuple[str, list[dict] | None]:
+    """A payment id from the URL path, checked as a body's ``id`` is (the
+    message never repeats the id)."""
+    try:
+        return _identifier().validate_python(value), None
+    except ValidationError as exc:
+        return value, [{"field": "payment_id", "message": exc.errors()[0]["msg"]}]
 
 
 def _score_attributes(bodies: list, batch: bool) -> dict[str, Any]:
@@ -331,6 +347,9 @@ class Ingress:
         Body ``{"verdict": "approve" | "fraud"}``: approve captures the held
         payment, fraud cancels it (reason fraudulent); both become labels.
         """
+        payment_id, errors = _payment_id(payment_id)
+        if errors:
+            return _invalid("reviews", errors)
         body, errors = await _json_body(request)
         verdict = body.get("verdict") if isinstance(body, dict) else None
         if errors or verdict not in ("approve", "fraud"):

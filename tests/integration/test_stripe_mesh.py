@@ -244,6 +244,13 @@ def test_analyst_approves_or_rejects_a_held_payment(client, stripe_api, localstr
     assert sent["params"] == {"cancellation_reason": "fraudulent"}
     bad = client.post(f"/v1/reviews/{held[1]}", json={"verdict": "maybe"})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "verdict"
+    # A payment id that could never be one: 422 naming it, and the id itself
+    # is not repeated in the answer.
+    for bad_id in ("pi%20x", "pi_" + "9" * 300):
+        bad = client.post(f"/v1/reviews/{bad_id}", json={"verdict": "fraud"})
+        assert bad.status_code == 422, bad.text
+        assert bad.json()["errors"][0]["field"] == "payment_id"
+        assert "999" not in bad.text and "pi x" not in bad.text
 
 
 def test_radar_highest_risk_on_the_charge_blocks_the_payment(
