@@ -53,7 +53,7 @@ import random
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,7 @@ __all__ = [
     "current_trace_id",
     "hash_id",
     "hop",
+    "hops",
     "payment_attributes",
     "route_hop",
     "safe_attributes",
@@ -620,6 +621,18 @@ class Hop:
 
     span: Span
     carrier: dict[str, str] = field(default_factory=dict)
+    # The context inside the hop (its span current, its baggage), for work
+    # started elsewhere on its behalf (see Hop.active).
+    context: otel_context.Context | None = None
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Make this hop's context current: tasks created inside inherit it."""
+        token = otel_context.attach(self.context or otel_context.get_current())
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
 
     @property
     def trace_id(self) -> str | None:
@@ -700,13 +713,83 @@ def hop(
         with _span(name, attributes, kind) as span:
             out: dict[str, str] = {}
             propagate.inject(out)
-            current = Hop(span=span, carrier=out)
+            current = Hop(span=span, carrier=out,
+                          context=otel_context.get_current())
             try:
                 yield current
             finally:
                 current._release()
     finally:
         otel_context.detach(token)
+
+
+Carriers = Mapping[str, str] | Sequence[Mapping[str, str] | None] | None
+
+
+@dataclass
+class Hops:
+    """The hops of one call that serves the payments of several traces.
+
+    Made by :func:`hops`: one hop span per distinct incoming carrier (one per
+    trace), all covering the same shared work. :attr:`carrier` has the shape
+    the call was given, for the next hop.
+    """
+
+    hops: list[Hop]
+    of_payment: list[int] | None  # payment i -> index into hops; None: one carrier
+
+    @property
+    def carrier(self) -> Carriers:
+        """One carrier (the call got one) or one per payment (it got a list)."""
+        if self.of_payment is None:
+            return self.hops[0].carrier
+        return [self.hops[i].carrier for i in self.of_payment]
+
+    def groups(self, n_payments: int) -> list[tuple[Hop, list[int]]]:
+        """Each hop with the payments (indices, of ``n_payments``) it serves."""
+        if self.of_payment is None:
+            return [(self.hops[0], list(range(n_payments)))]
+        return [(h, [i for i, g in enumerate(self.of_payment) if g == k])
+                for k, h in enumerate(self.hops)]
+
+
+@contextmanager
+def hops(
+    name: str,
+    carrier: Carriers,
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[Hops]:
+    """:func:`hop` for a call given one carrier, or one carrier per payment.
+
+    Ingest sends payments of concurrent requests down the mesh together (see
+    ``services.ingest``); each payment still belongs to its own request's
+    trace, so such a call gets a list of carriers and makes a hop span for each
+    distinct one, with ``fraudmesh.batch_size`` set to its payments' count. The
+    first carrier's hop is current inside the block (client spans and log
+    lines go there). ``attributes`` go on every hop.
+    """
+    if carrier is None or isinstance(carrier, Mapping):
+        with hop(name, carrier, attributes) as single:
+            yield Hops(hops=[single], of_payment=None)
+        return
+    index: dict[str, int] = {}
+    of_payment: list[int] = []
+    groups: list[Mapping[str, str] | None] = []
+    for c in carrier:
+        key = (c or {}).get("traceparent", "") + "|" + (c or {}).get("baggage", "")
+        if key not in index or not key.strip("|"):
+            index[key] = len(groups)
+            groups.append(c)
+        of_payment.append(index[key])
+    sizes = [of_payment.count(g) for g in range(len(groups))]
+    with ExitStack() as stack:
+        made: list[Hop] = [None] * len(groups)  # type: ignore[list-item]
+        # Entered last, the first group's hop is the current one.
+        for g in reversed(range(len(groups))):
+            made[g] = stack.enter_context(hop(
+                name, groups[g],
+                {**(attributes or {}), "fraudmesh.batch_size": sizes[g]}))
+        yield Hops(hops=made, of_payment=of_payment)
 
 
 @contextmanager
@@ -742,7 +825,8 @@ def route_hop(
             server.set_attributes(safe_attributes(attributes))
         out: dict[str, str] = {}
         propagate.inject(out)
-        current = Hop(span=server, carrier=out)
+        current = Hop(span=server, carrier=out,
+                      context=otel_context.get_current())
         try:
             yield current
         except BaseException as exc:
@@ -837,7 +921,7 @@ def _light_hop(
                 f"{inbound_baggage},{member}" if inbound_baggage else member
             )
     token = otel_context.attach(ctx)
-    current = Hop(span=span, carrier=out)
+    current = Hop(span=span, carrier=out, context=otel_context.get_current())
     try:
         yield current
     finally:

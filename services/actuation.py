@@ -48,9 +48,11 @@ from fraudmesh.errors import ActuationError, ConfigError
 from fraudmesh.replica import settle
 from fraudmesh.schemas import Decision, Payment
 from fraudmesh.tracing import (
+    Carriers,
     client_span,
     hash_id,
     hop,
+    hops,
     setup_tracing,
     shutdown_tracing,
 )
@@ -728,19 +730,19 @@ class Actuation:
         payments: list[Payment],
         decisions: list[Decision],
         scores: list[float],
-        carrier: dict[str, str] | None = None,
+        carrier: Carriers = None,
     ) -> list[dict[str, Any]]:
-        """One call for a batch (the batch endpoint): a record per payment, in order."""
+        """One call for many payments: a record per payment, in order.
+        ``carrier``: one, or one per payment (see ``fraudmesh.tracing.hops``)."""
         attributes = {"fraudmesh.batch_size": len(payments)}
-        with hop("actuation.act_many", carrier, attributes):
-            return list(
-                await asyncio.gather(
-                    *(
-                        self._actuator.act(p, Decision(d))
-                        for p, d in zip(payments, decisions, strict=True)
-                    )
-                )
-            )
+        with hops("actuation.act_many", carrier, attributes) as h:
+            calls: list[Any] = [None] * len(payments)
+            for one, rows in h.groups(len(payments)):
+                with one.active():  # each payment's Stripe spans in its own trace
+                    for i in rows:
+                        calls[i] = asyncio.ensure_future(
+                            self._actuator.act(payments[i], Decision(decisions[i])))
+            return list(await asyncio.gather(*calls))
 
     async def resolve_review(
         self, payment_id: str, approve: bool, carrier: dict[str, str] | None = None

@@ -53,7 +53,14 @@ from fraudmesh.config import Settings, get_settings
 from fraudmesh.errors import FeatureStoreError, HistoryStoreError
 from fraudmesh.replica import settle
 from fraudmesh.schemas import Label, Payment
-from fraudmesh.tracing import client_span, hop, setup_tracing, shutdown_tracing
+from fraudmesh.tracing import (
+    Carriers,
+    client_span,
+    hop,
+    hops,
+    setup_tracing,
+    shutdown_tracing,
+)
 
 log = logging.getLogger("fraudmesh.features")
 SNAPSHOT_LOCK_TTL_S = 120
@@ -562,12 +569,12 @@ class Features:
         self._client.open_store()  # seconds; the replica is ready only after it
         settle()  # last: what start-up made is frozen (fraudmesh/replica.py)
 
-    async def lookup(self, payments: list[Payment],
-                     carrier: dict[str, str] | None = None, *,
+    async def lookup(self, payments: list[Payment], carrier: Carriers = None, *,
                      record: bool = False) -> list[ModelInput]:
-        """Model inputs; ``record=True`` also records the payments (one hop)."""
-        with hop("features.lookup", carrier,
-                 {"fraudmesh.batch_size": len(payments)}):
+        """Model inputs; ``record=True`` also records the payments (one hop).
+        ``carrier``: one, or one per payment (see ``fraudmesh.tracing.hops``)."""
+        with hops("features.lookup", carrier,
+                  {"fraudmesh.batch_size": len(payments)}):
             return await self._client.lookup(payments, record=record)
 
     async def record_labels(self, labels: list[Label],

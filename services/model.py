@@ -26,7 +26,7 @@ from feature_repo.transforms import HISTORY_LENGTH, STATIC_FEATURES, ModelInput
 from fraudmesh.config import get_settings
 from fraudmesh.replica import settle
 from fraudmesh.schemas import Payment
-from fraudmesh.tracing import hop, setup_tracing, shutdown_tracing
+from fraudmesh.tracing import Carriers, hops, setup_tracing, shutdown_tracing
 from models.scorer import Scorer
 
 _FEATURE_INDEX = {name: i for i, name in enumerate(STATIC_FEATURES)}
@@ -131,14 +131,16 @@ class Model:
         self,
         payments: list[Payment],
         inputs: list[ModelInput],
-        carrier: dict[str, str] | None = None,
+        carrier: Carriers = None,
     ) -> list[dict[str, Any]]:
+        """Scores, then Policy's answers. ``carrier``: one, or one per payment
+        (see ``fraudmesh.tracing.hops``)."""
         attributes = {
             "fraudmesh.batch_size": len(payments),
             "fraudmesh.model_version": self._scorer.version,
             "fraudmesh.feature_count": len(STATIC_FEATURES),
         }
-        with hop("model.score", carrier, attributes) as h:
+        with hops("model.score", carrier, attributes) as h:
             scored = await self._score_batch(inputs)
             return await self._policy.decide.remote(payments, scored, carrier=h.carrier)
 

@@ -37,7 +37,13 @@ from feature_repo.transforms import FEATURE_DESCRIPTIONS
 from fraudmesh.errors import ConfigError
 from fraudmesh.replica import settle
 from fraudmesh.schemas import Decision, Payment
-from fraudmesh.tracing import hop, score_bucket, setup_tracing, shutdown_tracing
+from fraudmesh.tracing import (
+    Carriers,
+    hops,
+    score_bucket,
+    setup_tracing,
+    shutdown_tracing,
+)
 
 RADAR_LEVELS = ("normal", "elevated", "highest")
 
@@ -283,10 +289,12 @@ class Policy:
         self,
         payments: list[Payment],
         scored: list[dict[str, Any]],
-        carrier: dict[str, str] | None = None,
+        carrier: Carriers = None,
     ) -> list[dict[str, Any]]:
+        """Decisions, acted on. ``carrier``: one, or one per payment (see
+        ``fraudmesh.tracing.hops``)."""
         attributes = {"fraudmesh.batch_size": len(payments)}
-        with hop("policy.decide", carrier, attributes) as h:
+        with hops("policy.decide", carrier, attributes) as h:
             outcomes = [decide(c, self._config) for c in contexts_for(payments, scored)]
             decisions = [o.decision for o in outcomes]
             scores = [float(s["score"]) for s in scored]
@@ -296,15 +304,21 @@ class Policy:
                 )
             else:
                 # Fallback for an Actuation without a batch method: one call each.
+                each = (h.carrier if isinstance(h.carrier, list)
+                        else [h.carrier] * len(payments))
                 actions = await asyncio.gather(
                     *(
-                        self._actuation.act.remote(p, d, s, carrier=h.carrier)
-                        for p, d, s in zip(payments, decisions, scores, strict=True)
+                        self._actuation.act.remote(p, d, s, carrier=c)
+                        for p, d, s, c in zip(payments, decisions, scores, each,
+                                              strict=True)
                     )
                 )
-            if len(payments) == 1:
-                h.span.set_attribute("fraudmesh.decision", decisions[0].value)
-                h.span.set_attribute("fraudmesh.score_bucket", score_bucket(scores[0]))
+            for one, rows in h.groups(len(payments)):
+                if len(rows) == 1:  # a single payment's hop names its decision
+                    [i] = rows
+                    one.span.set_attribute("fraudmesh.decision", decisions[i].value)
+                    one.span.set_attribute("fraudmesh.score_bucket",
+                                           score_bucket(scores[i]))
         return [
             {
                 "payment_id": p.payment_id,

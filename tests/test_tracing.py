@@ -594,3 +594,56 @@ def test_redis_command_spans_only_when_asked(flag, redis_url) -> None:
     names = {s.name for s in spans}
     assert {"ingest.score", "redis.idempotency.claim"} <= names
     assert ("SET" in names) == (flag == "1")
+
+
+def test_hops_make_one_span_per_trace_and_carry_each_payment_on(memory) -> None:
+    # A wave: payments 0 and 2 of one request, payment 1 of another.
+    with tracing.hop("ingest.score", None, tracing.payment_attributes("pi_a")) as a:
+        pass
+    with tracing.hop("ingest.score", None, tracing.payment_attributes("pi_b")) as b:
+        pass
+    memory.clear()
+    carriers = [a.carrier, b.carrier, a.carrier]
+    with tracing.hops("features.lookup", carriers) as h:
+        with tracing.client_span("feast.online_read"):
+            pass
+        groups = h.groups(3)
+        onward = h.carrier
+    spans = memory.get_finished_spans()
+    lookups = [s for s in spans if s.name == "features.lookup"]
+    assert len(lookups) == 2
+    by_trace = {format(s.context.trace_id, "032x"): s for s in lookups}
+    assert set(by_trace) == {a.trace_id, b.trace_id}
+    assert by_trace[a.trace_id].attributes["fraudmesh.batch_size"] == 2
+    assert by_trace[b.trace_id].attributes["fraudmesh.batch_size"] == 1
+    assert by_trace[b.trace_id].attributes[tracing.PAYMENT_HASH_KEY] == (
+        tracing.hash_id("pi_b"))
+    assert [rows for _, rows in groups] == [[0, 2], [1]]
+    # The next hop gets one carrier per payment, each of its own trace.
+    assert [c["traceparent"].split("-")[1] for c in onward] == [
+        a.trace_id, b.trace_id, a.trace_id]
+    # Client spans go under the first carrier's hop.
+    (client,) = [s for s in spans if s.name == "feast.online_read"]
+    assert client.parent.span_id == by_trace[a.trace_id].context.span_id
+
+
+def test_hops_with_one_carrier_are_a_hop(memory) -> None:
+    with tracing.hops("policy.decide", None, {"fraudmesh.batch_size": 3}) as h:
+        assert isinstance(h.carrier, dict)
+        assert [rows for _, rows in h.groups(3)] == [[0, 1, 2]]
+    (span,) = memory.get_finished_spans()
+    assert span.attributes["fraudmesh.batch_size"] == 3
+
+
+def test_a_hops_context_is_its_own_payment_trace(memory) -> None:
+    with tracing.hop("ingest.score", None) as a:
+        pass
+    with tracing.hop("ingest.score", None) as b:
+        pass
+    assert a.trace_id != b.trace_id
+    memory.clear()
+    with tracing.hops("actuation.act_many", [a.carrier, b.carrier]) as h:
+        for one, _ in h.groups(2):
+            with one.active():
+                assert tracing.current_trace_id() == one.trace_id
+    assert {s.name for s in memory.get_finished_spans()} == {"actuation.act_many"}
