@@ -14,6 +14,9 @@ Contracts:
   *before* each payment is read, then the new payments are appended, in the same
   call, so recording cannot leak into their own scores), then Model.score (which
   calls Policy, which calls Actuation).
+- Waves: the payments of concurrent requests go down the mesh together (see
+  :class:`Waves`): each hop is one call for all of them, and each payment stays
+  in its own request's trace (one carrier per payment).
 """
 
 from __future__ import annotations
@@ -174,6 +177,60 @@ class PendingDuplicate(Exception):
     """A repeat of a payment id still being scored elsewhere after the wait."""
 
 
+class Waves:
+    """Sends the payments of concurrent requests down the mesh in waves.
+
+    A request goes at once while fewer than ``slots`` waves are in flight (so a
+    lone payment never waits); otherwise it queues, and the next wave to start
+    takes every queued request. A wave makes one call per hop for all of its
+    payments, so under load the handle hops, the largest cost per payment, are
+    shared. (Ray's ``serve.batch`` forms a batch before it waits for a free
+    slot, so with no batch wait it does not merge calls that queue behind busy
+    slots; with a wait, every lone payment would pay it.)
+
+    ``run(items)`` returns one outcome per item, or raises, which fails every
+    item of the wave.
+    """
+
+    def __init__(self, run: Any, slots: int = 4) -> None:
+        self._run = run
+        self.slots = slots
+        self._queue: list[tuple[Any, asyncio.Future]] = []
+        self._busy = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    async def submit(self, item: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        self._start()
+        return await future
+
+    def _start(self) -> None:
+        while self._queue and self._busy < self.slots:
+            wave, self._queue = self._queue, []
+            self._busy += 1
+            task = asyncio.create_task(self._go(wave))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _go(self, wave: list[tuple[Any, asyncio.Future]]) -> None:
+        try:
+            outcomes = await self._run([item for item, _ in wave])
+        except BaseException as exc:  # every request of the wave gets the error
+            for _, future in wave:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (_, future), outcome in zip(wave, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+        finally:
+            self._busy -= 1
+            self._start()
+
+
 @serve.deployment
 class Ingest:
     """The Ingest hop. ``score`` answers ``{"results": [...]}`` or ``{"errors"}``."""
@@ -189,12 +246,15 @@ class Ingest:
         self._model = model
         self._redis = aioredis.Redis.from_url(redis_url)
         self._idem = IdempotencyStore(self._redis)
+        self._waves = Waves(self._score_wave)
         settle()  # last: what start-up made is frozen (fraudmesh/replica.py)
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         config = dict(user_config or {})
         self._idem.ttl_s = int(config.get("idempotency_ttl_s", self._idem.ttl_s))
         self._idem.wait_s = float(config.get("duplicate_wait_s", self._idem.wait_s))
+        slots = int(config.get("waves_in_flight", self._waves.slots))
+        self._waves.slots = max(1, slots)
 
     async def score(
         self,
@@ -219,7 +279,7 @@ class Ingest:
         for p in payments:
             unique.setdefault(p.payment_id, p)
         ids = list(unique)
-        seen, answers = await self._score_claimed(list(unique.values()), h)
+        seen, answers = await self._waves.submit((list(unique.values()), h))
         for pid, stored in zip(ids, seen, strict=True):
             if stored is None:
                 continue
@@ -241,44 +301,60 @@ class Ingest:
             out.append(answer)
         return out
 
-    async def _score_claimed(
-        self, payments: list[Payment], h: Any
-    ) -> tuple[list[bytes | None], dict[str, dict]]:
-        """Claim ``payments`` and score those this call claimed.
+    async def _score_wave(
+        self, items: list[tuple[list[Payment], Any]]
+    ) -> list[tuple[list[bytes | None], dict[str, dict]]]:
+        """Claim the payments of a wave's requests and score those claimed.
 
-        Returns the claim results (None: claimed here, else what was stored)
-        and the new answers by payment id. The claim and the feature lookup run
-        side by side, saving a round trip: the lookup's history write is
-        idempotent by payment id, so for a repeat it changes nothing and its
-        features are dropped.
+        Per request (item): its claim results (None: claimed here, else what
+        was stored) and its new answers by payment id. The claim and the
+        feature lookup run side by side, saving a round trip: the lookup's
+        history write is idempotent by payment id, so for a repeat it changes
+        nothing and its features are dropped.
         """
-        lookup = self._features.lookup.remote(payments, carrier=h.carrier, record=True)
+        payments = [p for ps, _ in items for p in ps]
+        owner = [k for k, (ps, _) in enumerate(items) for _ in ps]
+        # One request: its carrier; several: one per payment (tracing.hops).
+        carriers = [items[k][1].carrier for k in owner]
+
+        def carrier_of(rows: list[int]) -> Any:
+            return items[0][1].carrier if len(items) == 1 else [carriers[i]
+                                                                 for i in rows]
+
+        lookup = self._features.lookup.remote(
+            payments, carrier=carrier_of(list(range(len(payments)))), record=True)
         try:
             seen = await self._idem.claim([p.payment_id for p in payments])
         except BaseException:
             lookup.cancel()
             raise
         rows = [i for i, stored in enumerate(seen) if stored is None]
+        responses: list[dict] = []
         if not rows:
             lookup.cancel()
-            return seen, {}
-        new = [payments[i] for i in rows]
-        try:
-            inputs = await lookup
-            new_inputs = [inputs[i] for i in rows]
-            responses = await self._model.score.remote(new, new_inputs,
-                                                       carrier=h.carrier)
-        except BaseException:
-            # Cancelled or failed: free the claims so a retry scores them. Shielded
-            # so a cancellation cannot leave the ids claimed until the pending TTL.
-            await asyncio.shield(self._idem.release([p.payment_id for p in new]))
-            raise
-        trace_id = h.trace_id
-        for r in responses:
-            r["trace_id"] = trace_id
-            r["duplicate"] = False
-        await self._idem.store(responses)
-        return seen, {r["payment_id"]: r for r in responses}
+        else:
+            new = [payments[i] for i in rows]
+            try:
+                inputs = await lookup
+                responses = await self._model.score.remote(
+                    new, [inputs[i] for i in rows], carrier=carrier_of(rows))
+            except BaseException:
+                # Cancelled or failed: free the claims so a retry scores them.
+                # Shielded so a cancellation cannot leave the ids claimed until
+                # the pending TTL.
+                await asyncio.shield(self._idem.release([p.payment_id for p in new]))
+                raise
+            for i, r in zip(rows, responses, strict=True):
+                r["trace_id"] = items[owner[i]][1].trace_id
+                r["duplicate"] = False
+            await self._idem.store(responses)
+        outcomes: list[tuple[list[bytes | None], dict[str, dict]]] = [
+            ([], {}) for _ in items]
+        for i, stored in enumerate(seen):
+            outcomes[owner[i]][0].append(stored)
+        for i, r in zip(rows, responses, strict=True):
+            outcomes[owner[i]][1][r["payment_id"]] = r
+        return outcomes
 
     async def record_labels(
         self, bodies: list[Any], carrier: dict[str, str] | None = None

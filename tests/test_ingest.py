@@ -8,7 +8,12 @@ import json
 import pytest
 import redis.asyncio as aioredis
 
-from services.ingest import IdempotencyStore, validate_labels, validate_payments
+from services.ingest import (
+    IdempotencyStore,
+    Waves,
+    validate_labels,
+    validate_payments,
+)
 
 
 def body(**overrides) -> dict:
@@ -141,3 +146,79 @@ async def test_concurrent_claims_of_one_id_have_one_winner(redis_url):
         assert sum(r == [None] for r in results) == 1
     finally:
         await client.aclose()
+
+
+# ------------------------------------------------------------------ waves
+
+
+async def _turns(n: int = 5) -> None:
+    """Let the event loop run what is ready (a few turns, no time passing)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_a_lone_request_goes_at_once_and_queued_ones_share_a_wave():
+    async def scenario():
+        release = asyncio.Event()
+        waves: list[list[str]] = []
+
+        async def run(items):
+            waves.append(list(items))
+            if len(waves) == 1:
+                await release.wait()  # the first wave holds the only slot
+            return [f"done {x}" for x in items]
+
+        w = Waves(run, slots=1)
+        first = asyncio.ensure_future(w.submit("a"))
+        await _turns()
+        assert waves == [["a"]]  # nothing to wait for: sent at once
+        queued = [asyncio.ensure_future(w.submit(x)) for x in "bcd"]
+        await _turns()
+        assert waves == [["a"]]  # the slot is busy: they queue
+        release.set()
+        got = await asyncio.gather(first, *queued)
+        assert got == ["done a", "done b", "done c", "done d"]
+        assert waves == [["a"], ["b", "c", "d"]]  # one wave for the queue
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_wave_fails_each_of_its_requests_and_the_next_wave_runs():
+    async def scenario():
+        calls = 0
+
+        async def run(items):
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("features down")
+            return list(items)
+
+        w = Waves(run, slots=2)
+        with pytest.raises(RuntimeError, match="features down"):
+            await w.submit("a")
+        assert await w.submit("b") == "b"
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_request_leaves_its_wave_running():
+    async def scenario():
+        release = asyncio.Event()
+        done: list[str] = []
+
+        async def run(items):
+            await release.wait()
+            done.extend(items)
+            return list(items)
+
+        w = Waves(run, slots=1)
+        gone = asyncio.ensure_future(w.submit("a"))
+        await _turns()
+        gone.cancel()
+        release.set()
+        await asyncio.sleep(0.01)
+        assert done == ["a"]  # scored and stored all the same
+        assert await w.submit("b") == "b"
+
+    asyncio.run(scenario())

@@ -177,6 +177,34 @@ def test_each_payment_has_its_own_trace(client, otlp_receiver):
         assert tagged == {trace_id}
 
 
+def test_concurrent_payments_each_keep_their_own_whole_trace(mesh_url, otlp_receiver):
+    # Concurrent requests may share a wave down the mesh (services/ingest.py,
+    # Waves); each payment must still be one trace through every deployment.
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [payment() for _ in range(12)]
+
+    def send(body):
+        with httpx.Client(base_url=mesh_url, timeout=60) as c:
+            return c.post("/v1/score", json=body)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(send, bodies))
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+    assert len({r.json()["trace_id"] for r in answers}) == len(bodies)
+    for body, r in zip(bodies, answers, strict=True):
+        spans = wait_for_trace(otlp_receiver, r.json()["trace_id"])
+        assert_chain(spans)
+        named = by_name(spans)
+        payment_hash = tracing.hash_id(body["id"])
+        for name in ("ingest.score", "features.lookup", "model.score",
+                     "policy.decide"):
+            assert named[name].attributes[tracing.PAYMENT_HASH_KEY] == payment_hash
+            assert named[name].attributes["fraudmesh.batch_size"] == 1
+        assert named["policy.decide"].attributes["fraudmesh.decision"] == (
+            r.json()["decision"])
+
+
 def test_a_callers_traceparent_is_the_parent(client, otlp_receiver):
     headers = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_PARENT}-01"}
     r = client.post("/v1/score", json=payment(), headers=headers)
