@@ -247,6 +247,7 @@ class Ingest:
         self._redis = aioredis.Redis.from_url(redis_url)
         self._idem = IdempotencyStore(self._redis)
         self._waves = Waves(self._score_wave)
+        self._storing: set[asyncio.Task] = set()
         settle()  # last: what start-up made is frozen (fraudmesh/replica.py)
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
@@ -307,7 +308,8 @@ class Ingest:
         """Claim the payments of a wave's requests and score those claimed.
 
         Per request (item): its claim results (None: claimed here, else what
-        was stored) and its new answers by payment id. The claim and the
+        was stored) and its new answers by payment id; the answers are stored
+        for repeats after this returns (see _store_later). The claim and the
         feature lookup run side by side, saving a round trip: the lookup's
         history write is idempotent by payment id, so for a repeat it changes
         nothing and its features are dropped.
@@ -347,7 +349,7 @@ class Ingest:
             for i, r in zip(rows, responses, strict=True):
                 r["trace_id"] = items[owner[i]][1].trace_id
                 r["duplicate"] = False
-            await self._idem.store(responses)
+            self._store_later(responses)
         outcomes: list[tuple[list[bytes | None], dict[str, dict]]] = [
             ([], {}) for _ in items]
         for i, stored in enumerate(seen):
@@ -355,6 +357,23 @@ class Ingest:
         for i, r in zip(rows, responses, strict=True):
             outcomes[owner[i]][1][r["payment_id"]] = r
         return outcomes
+
+    def _store_later(self, responses: list[dict]) -> None:
+        """Store the answers for repeats without holding up this answer.
+
+        Until the store lands, a repeat finds the claim pending and waits for
+        it (IdempotencyStore.wait_for). Should the store fail, the claim stays
+        pending until its TTL, as it did when the store was awaited, and the
+        failure is logged.
+        """
+        task = asyncio.create_task(self._idem.store(responses))
+        self._storing.add(task)
+        task.add_done_callback(self._stored)
+
+    def _stored(self, task: asyncio.Task) -> None:
+        self._storing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("storing answers for repeats failed: %s", task.exception())
 
     async def record_labels(
         self, bodies: list[Any], carrier: dict[str, str] | None = None
