@@ -383,6 +383,11 @@ def main() -> None:
         from fraudmesh.config import get_settings
 
         args.models_dir = get_settings().models_path
+    from models.artifact import find_latest
+
+    if find_latest(args.models_dir) is None:
+        sys.exit(f"bench_mesh: no model under {args.models_dir}; run `make demo` "
+                 "or `fraudmesh train --until DATE` first")
 
     args.data = args.data or default_data_path()
     frame = load_transactions(args.data)
