@@ -12,6 +12,8 @@ Two encoders are available, chosen by measurement in the backtest (README):
 
 ``FraudEnsemble`` averages the logits of several such networks trained apart, and
 ``build_network(spec)`` makes either from an artefact's ``network`` metadata.
+``StackedEnsemble.of(ensemble)`` is the same ensemble for inference only, its
+members' layers stacked into batched matrix products.
 """
 
 from __future__ import annotations
@@ -137,6 +139,88 @@ class FraudEnsemble(nn.Module):
         """Mean fraud logit [B] of the members (same inputs as FraudNet)."""
         logits = [member(static, sequence, lengths) for member in self.members]
         return torch.stack(logits).mean(dim=0)
+
+
+class StackedEnsemble(nn.Module):
+    """A ``FraudEnsemble`` of pooled ("attention") or no sequence encoders, for
+    inference: each layer of the members is one batched matrix product over a
+    leading member axis, so a forward pass runs each step once rather than once
+    per member. At batch 1 a forward is mostly per-operation overhead, which
+    this cuts by the member count. The weights are copies (no gradients, no
+    training); logits equal the ensemble's up to float rounding.
+    """
+
+    def __init__(self, ensemble: FraudEnsemble) -> None:
+        super().__init__()
+        members = list(ensemble.members)
+        first = members[0]
+        self.encoder = first.encoder
+        self.max_events = first.max_events
+        self.hidden = first.hidden
+        self.n_members = len(members)
+
+        def stack(name: str, layer) -> None:
+            # [M, in, out] weights and [M, 1, out] biases, for torch.baddbmm.
+            weight = torch.stack([layer(m).weight.detach().T for m in members])
+            bias = torch.stack([layer(m).bias.detach() for m in members])
+            self.register_buffer(f"{name}_w", weight.contiguous())
+            self.register_buffer(f"{name}_b", bias.unsqueeze(1).contiguous())
+
+        if self.encoder == "attention":
+            stack("event_in", lambda m: m.event_in[0])
+            stack("event_mlp", lambda m: m.event_mlp[0])
+        stack("static_1", lambda m: m.static_mlp[0])
+        stack("static_2", lambda m: m.static_mlp[3])
+        stack("head_1", lambda m: m.head[0])
+        stack("head_2", lambda m: m.head[3])
+
+    @classmethod
+    def of(cls, net: nn.Module) -> StackedEnsemble | None:
+        """``net`` stacked, or None when it is not an ensemble of one shape
+        this class covers (a GRU encoder, a single network)."""
+        if not isinstance(net, FraudEnsemble):
+            return None
+        members = list(net.members)
+        shapes = {(m.encoder, m.max_events, m.hidden,
+                   tuple(p.shape for p in m.parameters())) for m in members}
+        if len(shapes) != 1 or members[0].encoder not in ("attention", "none"):
+            return None
+        return cls(net).eval()
+
+    def _layer(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(getattr(self, f"{name}_b"), x, getattr(self, f"{name}_w"))
+
+    def forward(
+        self, static: torch.Tensor, sequence: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean fraud logit [B], as ``FraudEnsemble.forward``."""
+        lengths = lengths.to(torch.int64)
+        if self.max_events is not None and sequence.shape[1] > self.max_events:
+            sequence = sequence[:, -self.max_events :]
+            lengths = lengths.clamp(max=self.max_events)
+        m, (b, n, e) = self.n_members, sequence.shape
+        has = (lengths > 0).unsqueeze(1).to(static.dtype)  # [B, 1]
+        if self.encoder == "none":
+            seq = static.new_zeros((m, b, 0))
+        elif n == 0:
+            seq = static.new_zeros((m, b, 2 * self.hidden))
+        else:
+            x = sequence.reshape(1, b * n, e).expand(m, -1, -1)
+            events = torch.relu(self._layer("event_in", x))
+            events = torch.relu(self._layer("event_mlp", events))
+            events = events.reshape(m, b, n, -1)
+            positions = torch.arange(n, device=sequence.device).unsqueeze(0)
+            real = (positions >= (n - lengths).unsqueeze(1)).unsqueeze(2)  # [B, N, 1]
+            realf = real.to(events.dtype)
+            mean = (events * realf).sum(2) / realf.sum(1).clamp(min=1.0)
+            peak = events.masked_fill(~real, 0.0).amax(2)
+            seq = torch.cat([mean, peak], dim=2) * has
+        s = static.unsqueeze(0).expand(m, -1, -1)
+        s = torch.relu(self._layer("static_1", s))
+        s = torch.relu(self._layer("static_2", s))
+        joined = torch.cat([seq, s, has.unsqueeze(0).expand(m, -1, -1)], dim=2)
+        logits = self._layer("head_2", torch.relu(self._layer("head_1", joined)))
+        return logits.squeeze(2).mean(dim=0)
 
 
 def build_network(spec: dict) -> nn.Module:

@@ -17,8 +17,11 @@ Inference runs a TorchScript trace of the network, frozen (weights folded in),
 made on the first ``predict`` for each history length and kept only when it
 gives the eager network's scores on probe inputs (of several batch sizes and
 history lengths); otherwise, or when tracing fails, the eager network is used.
-At batch 1, where the eager network's Python dispatch dominates, the trace is
-several times faster. ``explain`` needs gradients and always runs eagerly.
+An ensemble of pooled encoders is traced as :class:`~models.network.StackedEnsemble`
+(each layer one batched product over the members), checked against the eager
+ensemble the same way. At batch 1, where per-operation dispatch dominates, the
+trace is several times faster. ``explain`` needs gradients and always runs
+eagerly.
 
 Thread safety: a Scorer holds no per-call state besides that cache, but torch
 modules are not meant for concurrent calls from several threads; serve one call
@@ -37,7 +40,7 @@ import torch
 
 from fraudmesh.errors import ArtifactError
 from models.artifact import find_latest, load_artifact
-from models.network import build_network
+from models.network import StackedEnsemble, build_network
 from models.training import Normaliser
 
 __all__ = ["Scorer", "find_latest"]
@@ -140,10 +143,18 @@ class Scorer:
         self._inference(n_events)
 
     def _inference(self, n_events: int) -> Any:
-        """The module ``predict`` runs for sequences of ``n_events`` events."""
+        """The module ``predict`` runs for sequences of ``n_events`` events: a
+        trace of the stacked ensemble, else of the network, else the network."""
         if n_events not in self._traced:
-            self._traced[n_events] = _trace(self.net, len(self.static_features),
-                                            n_events, self.normaliser) or self.net
+            n_static = len(self.static_features)
+            stacked = StackedEnsemble.of(self.net)
+            traced = None
+            if stacked is not None:
+                traced = _trace(stacked, self.net, n_static, n_events, self.normaliser)
+            if traced is None:
+                traced = _trace(self.net, self.net, n_static, n_events,
+                                self.normaliser)
+            self._traced[n_events] = traced or self.net
         return self._traced[n_events]
 
     def explain(
@@ -171,10 +182,11 @@ class Scorer:
         return result
 
 
-def _trace(net: torch.nn.Module, n_static: int, n_events: int,
-           normaliser: Normaliser) -> Any | None:
-    """A frozen TorchScript trace of ``net`` for ``n_events``-event sequences, or
-    None when tracing fails or the trace does not reproduce ``net`` on probes."""
+def _trace(module: torch.nn.Module, net: torch.nn.Module, n_static: int,
+           n_events: int, normaliser: Normaliser) -> Any | None:
+    """A frozen TorchScript trace of ``module`` (``net`` or a faster equivalent)
+    for ``n_events``-event sequences, or None when tracing fails or the trace
+    does not reproduce ``net`` on probes."""
     n_seq = len(normaliser.sequence_mean)
     gen = torch.Generator().manual_seed(0)
 
@@ -195,7 +207,8 @@ def _trace(net: torch.nn.Module, n_static: int, n_events: int,
             # the exception below makes this the eager network, not a failure.
             warnings.filterwarnings("ignore", category=DeprecationWarning,
                                     module=r"torch\.jit")
-            traced = torch.jit.freeze(torch.jit.trace(net, probe(2), check_trace=False))
+            traced = torch.jit.freeze(
+                torch.jit.trace(module, probe(2), check_trace=False))
             for batch in (1, 3, 17):
                 inputs = probe(batch)
                 gap = (torch.sigmoid(traced(*inputs))

@@ -33,6 +33,12 @@ def synthetic(n: int = 3000, seed: int = 0):
     return static, sequence, lengths, labels, days
 
 
+def _identity_normaliser() -> Normaliser:
+    return Normaliser(static_log=[False] * F, static_mean=[0.0] * F,
+                      static_std=[1.0] * F, sequence_log=[False] * E,
+                      sequence_mean=[0.0] * E, sequence_std=[1.0] * E)
+
+
 def small_config(**kw) -> TrainConfig:
     base = dict(
         max_epochs=4,
@@ -102,9 +108,7 @@ def test_network_ignores_padding_and_handles_empty_history(encoder):
 def test_predict_serves_a_trace_only_when_it_matches_the_network(encoder):
     torch.manual_seed(0)
     net = FraudNet(F, E, encoder=encoder, hidden=8, static_hidden=8)
-    normaliser = Normaliser(static_log=[False] * F, static_mean=[0.0] * F,
-                            static_std=[1.0] * F, sequence_log=[False] * E,
-                            sequence_mean=[0.0] * E, sequence_std=[1.0] * E)
+    normaliser = _identity_normaliser()
     scorer = Scorer(net, normaliser, transforms.STATIC_FEATURES, version="t")
     static, sequence, lengths, _, _ = synthetic(40, seed=3)
     for n_events in (N, 5):  # one module per history length
@@ -253,6 +257,58 @@ def test_score_inputs_explains_only_payments_at_or_above_the_threshold(
         else:
             assert partial["contributions"] == []
     assert any(r["contributions"] for r in some)
+
+
+@pytest.mark.parametrize("encoder", ["attention", "none"])
+def test_a_stacked_ensemble_gives_the_ensembles_logits(encoder):
+    from models.network import FraudEnsemble, StackedEnsemble
+
+    torch.manual_seed(1)
+    ensemble = FraudEnsemble([
+        FraudNet(F, E, encoder=encoder, hidden=8, static_hidden=16, max_events=6)
+        for _ in range(3)]).eval()
+    stacked = StackedEnsemble.of(ensemble)
+    assert stacked is not None
+    gen = torch.Generator().manual_seed(2)
+    for batch, n_events in ((1, N), (9, N), (4, 3), (3, 0)):
+        lengths = torch.randint(0, n_events + 1, (batch,), generator=gen)
+        lengths[0] = 0  # an empty history in every batch
+        args = (torch.randn(batch, F, generator=gen),
+                torch.randn(batch, n_events, E, generator=gen), lengths)
+        with torch.inference_mode():
+            torch.testing.assert_close(stacked(*args), ensemble(*args),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_only_ensembles_of_pooled_or_no_encoders_are_stacked():
+    from models.network import FraudEnsemble, StackedEnsemble
+
+    def net(encoder, hidden=8):
+        return FraudNet(F, E, encoder=encoder, hidden=hidden, static_hidden=8)
+
+    assert StackedEnsemble.of(net("attention")) is None  # one network
+    assert StackedEnsemble.of(FraudEnsemble([net("gru"), net("gru")])) is None
+    mixed = FraudEnsemble([net("attention", 8), net("attention", 16)])
+    assert StackedEnsemble.of(mixed) is None
+
+
+def test_a_scorer_serves_an_ensemble_as_a_stacked_trace():
+    from models.network import FraudEnsemble
+
+    torch.manual_seed(0)
+    ensemble = FraudEnsemble([
+        FraudNet(F, E, encoder="attention", hidden=8, static_hidden=8)
+        for _ in range(2)])
+    normaliser = _identity_normaliser()
+    scorer = Scorer(ensemble, normaliser, transforms.STATIC_FEATURES, version="t")
+    static, sequence, lengths, _, _ = synthetic(30, seed=4)
+    got = scorer.predict(static, sequence, lengths)
+    assert scorer._inference(N).original_name == "StackedEnsemble"
+    s, q = normaliser.apply(static, sequence, lengths)
+    with torch.inference_mode():
+        want = torch.sigmoid(ensemble(torch.from_numpy(s), torch.from_numpy(q),
+                                      torch.from_numpy(lengths)))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_an_ensemble_is_the_mean_logit_of_members_trained_apart(tmp_path):
