@@ -38,6 +38,7 @@ from prometheus_client import (
 from pydantic import TypeAdapter, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fraudmesh.errors import FraudmeshError, HistoryStoreError
 from fraudmesh.replica import settle
@@ -63,11 +64,15 @@ _HEALTH_CACHE_S = 1.0
 # (fraudmesh.tracing.route_hop). Its per-operation spans (endpoint,
 # dependencies) would add two spans per payment that say nothing the hop spans
 # don't, and its metrics and logs are off (GET /metrics is ours).
+# No schema or docs pages (the README documents the API), and a path with a
+# trailing slash is not redirected: it is no route (404), like any other.
 api = FastAPI(
     title="fraudmesh",
     version="0.1.0",
     docs_url=None,
     redoc_url=None,
+    openapi_url=None,
+    redirect_slashes=False,
     telemetry={"operation_spans": False, "metrics": False, "logs": False},
 )
 
@@ -84,7 +89,8 @@ class _Metrics:
         self.registry = CollectorRegistry()
         self.payments = Counter(
             "fraudmesh_payments_total",
-            "Payments answered, by decision (repeats included).",
+            "Payments scored, by decision (a repeat of a payment id is not "
+            "counted again: see fraudmesh_duplicate_payments_total).",
             ["decision"],
             registry=self.registry,
         )
@@ -216,6 +222,21 @@ async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
     )
 
 
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own answers (no such route, a method the route does not
+    take) in this API's error shape rather than FastAPI's ``{"detail"}``."""
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    message = {404: f"no route {request.url.path}",
+               405: f"{request.method} is not allowed here"}
+    return JSONResponse(
+        status_code=exc.status_code,
+        content={"error": codes.get(exc.status_code, "http_error"),
+                 "message": message.get(exc.status_code, str(exc.detail))},
+        headers=getattr(exc, "headers", None),
+    )
+
+
 @api.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     """Any other failure: a JSON 500, counted; the log names the error type
@@ -226,6 +247,40 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         status_code=500,
         content={"error": "internal", "message": "unexpected error; see the log"},
     )
+
+
+class _Contained:
+    """ASGI middleware: a failure no route handled is answered here with
+    :func:`_unexpected` and goes no further. Starlette's own last-resort
+    handler answers the same but then raises the exception again to the
+    server, which logs its traceback and message (where a request's data can
+    appear). A failure after the answer has started is left to the server,
+    which can only close the connection."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            if started:
+                raise
+            response = await _unexpected(Request(scope), exc)
+            await response(scope, receive, send)
+
+
+api.add_middleware(_Contained)
 
 
 def _list_field(body: Any, name: str) -> tuple[list | None, list[dict] | None]:
@@ -284,9 +339,10 @@ class Ingress:
         results = answer["results"]
         metrics = _metrics()
         for r in results:
-            metrics.payments.labels(r["decision"]).inc()
             if r.get("duplicate"):
                 metrics.duplicates.inc()
+            else:
+                metrics.payments.labels(r["decision"]).inc()
         metrics.latency.labels(route).observe(time.perf_counter() - started)
         return JSONResponse(results[0] if not batch else {"results": results})
 

@@ -21,7 +21,9 @@ def test_an_unexpected_error_is_a_counted_json_500():
         raise RuntimeError("card 4242 4242 4242 4242 in a message")
 
     before = _failed("other")
-    with TestClient(ingress.api, raise_server_exceptions=False) as client:
+    # raise_server_exceptions (the default): the exception must not reach the
+    # server, which would log its message.
+    with TestClient(ingress.api) as client:
         r = client.get("/v1/test-only-boom")
     ingress.api.router.routes.pop()  # the route exists for this test only
     assert r.status_code == 500
@@ -48,3 +50,25 @@ def test_a_body_above_the_limit_is_413_naming_body(monkeypatch):
     assert r.status_code == 413
     assert r.json()["errors"] == [{"field": "body", "message": "larger than 10 bytes"}]
     assert small.json() == {"body": [[1]], "errors": None}
+
+
+def test_unknown_routes_and_methods_answer_in_the_api_error_shape():
+    with TestClient(ingress.api) as client:
+        missing = client.post("/v1/nope", json={})
+        wrong_method = client.get("/v1/score")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "not_found", "message": "no route /v1/nope"}
+    assert wrong_method.status_code == 405
+    assert wrong_method.json() == {
+        "error": "method_not_allowed",
+        "message": "GET is not allowed here",
+    }
+    assert "POST" in wrong_method.headers["allow"]
+
+
+def test_no_schema_page_and_no_trailing_slash_redirect():
+    with TestClient(ingress.api) as client:
+        assert client.get("/openapi.json").status_code == 404
+        slash = client.post("/v1/score/", json={}, follow_redirects=False)
+    assert slash.status_code == 404
+    assert slash.json()["error"] == "not_found"

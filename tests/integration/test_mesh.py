@@ -180,9 +180,22 @@ def test_deep_nesting_and_huge_bodies_are_refused_not_crashed(client):
     assert client.get("/healthz").status_code == 200
 
 
+def _counted(client, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get("/metrics").text
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == name)
+
+
 def test_healthz_and_metrics(client):
     assert client.get("/healthz").status_code == 200
-    client.post("/v1/score", json=payment())
-    text = client.get("/metrics").text
-    assert "fraudmesh_payments_total" in text
-    assert "fraudmesh_request_latency_seconds_bucket" in text
+    scored = _counted(client, "fraudmesh_payments_total")
+    repeats = _counted(client, "fraudmesh_duplicate_payments_total")
+    body = payment()
+    assert client.post("/v1/score", json=body).status_code == 200
+    assert client.post("/v1/score", json=body).json()["duplicate"] is True
+    # The repeat is counted as a repeat, not as a second payment.
+    assert _counted(client, "fraudmesh_payments_total") == scored + 1
+    assert _counted(client, "fraudmesh_duplicate_payments_total") == repeats + 1
+    assert "fraudmesh_request_latency_seconds_bucket" in client.get("/metrics").text
