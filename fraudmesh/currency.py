@@ -10,11 +10,20 @@ from functools import lru_cache
 
 from babel.numbers import get_currency_precision, list_currencies
 
+# ISO 4217 codes that are not money a card payment is made in: precious metals,
+# IMF, bond-market and other accounting units, the testing code and "no
+# currency".
+NOT_PAYMENT_CURRENCIES = frozenset({
+    "XAG", "XAU", "XPD", "XPT", "XDR", "XSU", "XUA",
+    "XBA", "XBB", "XBC", "XBD", "XTS", "XXX", "XAD", "XEU", "XFO", "XFU", "XRE",
+})
+
 
 @lru_cache(maxsize=1)
 def known_currencies() -> frozenset[str]:
-    """ISO 4217 codes, upper case."""
-    return frozenset(code.upper() for code in list_currencies())
+    """ISO 4217 codes of money, upper case (no metals, units or test codes)."""
+    codes = frozenset(code.upper() for code in list_currencies())
+    return codes - NOT_PAYMENT_CURRENCIES
 
 
 def is_known_currency(code: str) -> bool:

@@ -12,6 +12,8 @@ Contracts:
 from __future__ import annotations
 
 import re
+import time
+import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
@@ -33,25 +35,39 @@ from fraudmesh.currency import is_known_currency, to_major
 _BAD_ID_CHARACTERS = re.compile(r"[\x00-\x20\x7f/?#%&\\]")
 
 
+def _invisible(ch: str) -> bool:
+    """Whitespace, control, format (zero-width, bidi overrides), surrogate,
+    private or unassigned characters, and U+FFFD (what undecodable bytes became)."""
+    return unicodedata.category(ch)[0] in "CZ" or ch == "\ufffd"
+
+
 def _plain_id(value: str) -> str:
-    if _BAD_ID_CHARACTERS.search(value):
+    if _BAD_ID_CHARACTERS.search(value) or (
+        not value.isascii() and any(_invisible(ch) for ch in value)
+    ):
         raise ValueError(
-            "must not contain whitespace, control characters or any of / ? # % & \\"
+            "must not contain whitespace, control or invisible characters or any "
+            "of / ? # % & \\"
         )
     return value
 
 
+# Not stripped: an id with whitespace is refused (see _plain_id), not altered.
 Identifier = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
+    StringConstraints(min_length=1, max_length=255),
     AfterValidator(_plain_id),
 ]
 CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$", to_upper=True)]
 
 # 2100-01-01 00:00 UTC: a later `created` is a unit mistake (milliseconds).
 MAX_CREATED_S = 4_102_444_800
-# Labels older than this are a mistake, not history.
+# Labels and payments older than this are a mistake, not history.
 MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+MIN_CREATED_S = int(MIN_TIME.timestamp())
+# How far after this machine's clock a payment's `created` may be (clock skew).
+# A payment from the future would move the features' day forward for everyone.
+FUTURE_SKEW_S = 24 * 3600
 # Stripe's own ceiling for a PaymentIntent amount (99,999,999 in minor units).
 MAX_AMOUNT_MINOR = 99_999_999
 
@@ -102,6 +118,12 @@ class PaymentRequest(BaseModel):
         if value >= MAX_CREATED_S:
             raise ValueError(
                 f"{value} is after 2100-01-01; send unix seconds, not milliseconds"
+            )
+        if value < MIN_CREATED_S:
+            raise ValueError(f"{value} is before 2000-01-01")
+        if value > time.time() + FUTURE_SKEW_S:
+            raise ValueError(
+                f"{value} is more than a day after this machine's clock"
             )
         return value
 
@@ -182,12 +204,13 @@ class Label(BaseModel):
     """
 
     payment_id: Identifier
-    is_fraud: bool
+    # Strict: "yes", 0 or 1 are wrong types, never coerced.
+    is_fraud: bool = Field(strict=True)
     source: LabelSource
     event_time: datetime
     arrival_time: datetime | None = None
-    customer_id: str | None = None
-    terminal_id: str | None = None
+    customer_id: Identifier | None = None
+    terminal_id: Identifier | None = None
     payment_created: datetime | None = None
 
     @field_validator("event_time", "arrival_time", "payment_created")

@@ -585,7 +585,8 @@ def _listed(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 def hash_id(value: str) -> str:
     """A stable, non-reversible short digest for ids placed in span attributes."""
-    return hashlib.sha256(value.encode()).hexdigest()[:16]
+    # surrogatepass: an id not yet validated (a lone surrogate) still hashes.
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def score_bucket(score: float) -> str:

@@ -74,9 +74,20 @@ def test_every_bad_field_is_named():
         ({"amount": 10.0}, "amount"),
         ({"created": "1535529600"}, "created"),
         ({"created": 1_535_529_600_000}, "created"),  # milliseconds
+        ({"created": 0}, "created"),  # 1970: before 2000
+        ({"created": 4_000_000_000}, "created"),  # 2096: after this machine's clock
+        ({"currency": "xau"}, "currency"),  # gold is no card currency
+        ({"currency": "xxx"}, "currency"),  # "no currency"
+        ({"id": " pi_lead"}, "id"),  # whitespace is refused, not stripped
+        ({"id": "pi_\u00a0nbsp"}, "id"),
+        ({"id": "pi_\u200bzero_width"}, "id"),
+        ({"id": "pi_\u202eoverride"}, "id"),
+        ({"id": "pi_\ufffd"}, "id"),  # what undecodable bytes in a URL become
+        ({"id": "pi_\ud800"}, "id"),  # a lone surrogate
+        ({"customer": "cus_\u2028"}, "customer"),
     ],
 )
-def test_wrong_types_and_millisecond_times_are_refused(overrides, field):
+def test_wrong_types_odd_times_currencies_and_ids_are_refused(overrides, field):
     payments, errors = validate_payments([body(**overrides)], prefix=None)
     assert payments == []
     assert fields(errors) == {field}
@@ -105,6 +116,27 @@ def test_labels_are_validated():
         _, errors = validate_labels([{**label, "payment_created": absurd}])
         assert fields(errors) == {"labels[0].payment_created"}, absurd
         assert "2000-01-01" in errors[0]["message"]
+    # The ids a label names go into Redis keys: the payment's id rules apply.
+    for bad in ("t\n\x00/..", "t" * 256, "t\ud800"):
+        _, errors = validate_labels([{**label, "terminal_id": bad,
+                                      "customer_id": bad}])
+        assert fields(errors) == {"labels[0].terminal_id", "labels[0].customer_id"}
+    for loose in ("yes", 0, 1):  # never coerced to a boolean
+        _, errors = validate_labels([{**label, "is_fraud": loose}])
+        assert fields(errors) == {"labels[0].is_fraud"}, loose
+
+
+def test_accented_ids_and_real_x_currencies_are_accepted():
+    payments, errors = validate_payments(
+        [body(id="pi_café", customer="cus_Ωmega", currency="xof")], prefix=None)
+    assert errors == []
+    assert payments[0].payment_id == "pi_café" and payments[0].currency == "xof"
+
+
+def test_a_lone_surrogate_id_hashes_for_its_span():
+    from fraudmesh.tracing import hash_id
+
+    assert len(hash_id("pi_\ud800")) == 16
 
 
 @pytest.mark.integration
