@@ -169,3 +169,21 @@ def quiet_library_notices() -> None:
     warning filters of their own in front when they are imported."""
     for category, message in _QUIET:
         warnings.filterwarnings("ignore", message=message, category=category)
+
+
+# Ray's notice at every local start that token authentication is on (its
+# default, which fraudmesh keeps): news to nobody running the demo. The notice
+# that it is *off* still shows.
+_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_RAY_AUTH_ON = "Token authentication is enabled for this Ray cluster"
+
+
+def _not_ray_auth_on(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_RAY_AUTH_ON)
+
+
+def quiet_ray_notices() -> None:
+    """Hide Ray's token-auth-on notice; call before ``ray.init``. Idempotent."""
+    logger = logging.getLogger(_RAY_AUTH_LOGGER)
+    if _not_ray_auth_on not in logger.filters:
+        logger.addFilter(_not_ray_auth_on)

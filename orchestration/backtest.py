@@ -30,6 +30,7 @@ from models.metrics import (
     handbook_test_mask,
 )
 from models.training import TrainConfig
+from orchestration.outputs import output_file
 from orchestration.training_job import (
     DEFAULT_TRAIN_DAYS,
     MIN_TRAIN_DAYS,
@@ -126,11 +127,7 @@ def run_backtest(
     train_days = DEFAULT_TRAIN_DAYS if train_days is None else int(train_days)
     if train_days < MIN_TRAIN_DAYS:
         raise DataError(f"--train-days: {train_days} is below {MIN_TRAIN_DAYS}")
-    out = Path(out)
-    if out.suffix != ".parquet" or not out.parent.exists():
-        raise DataError(
-            f"--out: {out} must be a .parquet file in an existing directory"
-        )
+    out = output_file(out, "--out", ".parquet")  # before the folds are trained
     console = Console()
     began = time.perf_counter()
     transactions = load_transactions(path)

@@ -93,7 +93,7 @@ def backtest(
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 8000,
 ) -> None:
     """Run the mesh in the foreground until Ctrl-C or SIGTERM."""
     from orchestration.serving import run_serve

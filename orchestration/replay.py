@@ -25,6 +25,7 @@ FROM`` or ``materialize=True`` here) for online scores to match backtest scores.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from fraudmesh.dataset import (
     parse_day,
 )
 from fraudmesh.errors import DataError, FraudmeshError
+from orchestration.outputs import output_dir
 
 CURRENCY = "eur"
 LABEL_DELAY = timedelta(days=7)
@@ -413,8 +415,10 @@ def run_replay(
     end_day = parse_day(end, option="--to")
     if end_day < start_day:
         raise DataError(f"--to {end_day} is before --from {start_day}")
-    if rate is not None and rate <= 0:
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
         raise DataError(f"--rate: {rate} must be a positive number of payments/s")
+    if report_dir is not None:
+        report_dir = output_dir(report_dir, "--report")  # before the replay
     if materialize:
         from orchestration.materialize import run_materialize
 

@@ -176,7 +176,10 @@ def start_ray(env: dict[str, str], *, num_cpus: int = 2) -> None:
     """Ray on this machine only (never someone else's cluster), env first."""
     import ray
 
+    from fraudmesh.logging import quiet_ray_notices
+
     os.environ.update(env)
+    quiet_ray_notices()
     ray.init(
         address="local",
         num_cpus=num_cpus,
@@ -272,6 +275,25 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
+def check_port_free(host: str, port: int) -> None:
+    """ConfigError naming ``--port`` (or ``--host``) when the address is taken."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            "--host", f"{host!r} is not an address here ({exc})"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                "--port", f"cannot listen on {host}:{port} ({exc.strerror})"
+            ) from None
+
+
 def run_serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """`fraudmesh serve`: foreground until Ctrl-C or SIGTERM, then a clean stop."""
     stop = threading.Event()
@@ -279,6 +301,7 @@ def run_serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     def _on_signal(signum: int, _frame: Any) -> None:
         stop.set()
 
+    check_port_free(host, port)  # before Ray starts, not in its traceback
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, _on_signal) for sig in signals}
     try:

@@ -24,6 +24,7 @@ from fraudmesh.dataset import day_start, default_data_path, load_transactions, p
 from fraudmesh.errors import DataError
 from models.metrics import HANDBOOK_DELAY_DAYS
 from models.training import TrainConfig, TrainResult, train_model
+from orchestration.outputs import output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -254,10 +255,9 @@ def run_train(
     train_days = DEFAULT_TRAIN_DAYS if train_days is None else int(train_days)
     if train_days < MIN_TRAIN_DAYS:
         raise DataError(f"--train-days: {train_days} is below {MIN_TRAIN_DAYS}")
-    models_dir = Path(out) if out is not None else default_models_dir()
-    if models_dir.exists() and not models_dir.is_dir():
-        # Checked before minutes of training, not after.
-        raise DataError(f"--out: {models_dir} exists and is not a directory")
+    # Checked (and made) before minutes of training, not after.
+    models_dir = output_dir(Path(out) if out is not None else default_models_dir(),
+                            "--out")
     label_end = day_start(until_day) - timedelta(days=HANDBOOK_DELAY_DAYS)
     console = Console(stderr=True)
     transactions = load_transactions(path, end=day_start(until_day))

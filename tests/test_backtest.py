@@ -116,6 +116,20 @@ def test_parse_fold_starts():
             ["train", "--until", "2018-08-01", "--out", "pyproject.toml"],
             "--out: ",
         ),
+        # Outputs that cannot be written are refused before the work, not after.
+        (["train", "--until", "2018-08-01", "--out", "/proc/x"], "--out: "),
+        (["backtest", "--out", "adir.parquet"], "--out: adir.parquet exists and"),
+        (["backtest", "--out", "/proc/p.parquet"], "--out: cannot write in /proc"),
+        (
+            ["replay", "--from", "2018-09-04", "--to", "2018-09-04",
+             "--report", "/proc/nope"],
+            "--report: cannot make /proc/nope",
+        ),
+        (
+            ["replay", "--from", "2018-09-04", "--to", "2018-09-04",
+             "--rate", "nan"],
+            "--rate: nan must be a positive number",
+        ),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_code_2(
@@ -123,6 +137,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(
 ):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pyproject.toml").write_text("")  # a file where --out wants a dir
+    (tmp_path / "adir.parquet").mkdir()  # a directory where --out wants a file
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     message = result.stderr if result.stderr else result.output
@@ -130,6 +145,24 @@ def test_cli_errors_are_one_line_with_exit_code_2(
     assert len(lines) == 1, message
     assert expected in lines[0]
     assert "Traceback" not in result.output
+
+
+def test_serve_refuses_a_taken_port_before_starting_anything():
+    import socket
+
+    from fraudmesh.errors import ConfigError
+    from orchestration.serving import check_port_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        taken_message = f"--port: cannot listen on 127.0.0.1:{port}"
+        with pytest.raises(ConfigError, match=taken_message):
+            check_port_free("127.0.0.1", port)
+    check_port_free("127.0.0.1", port)  # free again
+    result = runner.invoke(app, ["serve", "--port", "99999"])
+    assert result.exit_code == 2 and "--port" in result.output
 
 
 def test_backtest_refuses_folds_beyond_the_data(sample_slice, tmp_path):
