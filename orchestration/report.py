@@ -127,7 +127,9 @@ def print_report(report: dict[str, Any]) -> None:
         ("authorization rate", f"{report['authorization_rate']:.2%}"),
         ("average precision", f"{report['average_precision']}"),
         ("card precision@100", f"{report['card_precision_at_100']}"),
-        ("labels sent", f"{report['labels_sent']:,}"),
+        # Labels fall due 7 days after a payment: the week before the window's
+        # come in during it, the window's last week's after it.
+        ("labels sent (due in the window)", f"{report['labels_sent']:,}"),
         ("model", ", ".join(report["model_versions"])),
         ("actuation mode", ", ".join(report["actuation_modes"])),
     ]

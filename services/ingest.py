@@ -59,7 +59,9 @@ def _field_name(prefix: str, loc: Sequence[Any]) -> str:
 def pydantic_errors(exc: pydantic.ValidationError, prefix: str) -> list[dict]:
     """Pydantic's errors as ``{"field", "message"}``, field as a dotted path."""
     return [
-        {"field": _field_name(prefix, e["loc"]), "message": e["msg"]}
+        {"field": _field_name(prefix, e["loc"]),
+         # Our validators' messages without pydantic's "Value error, " prefix.
+         "message": e["msg"].removeprefix("Value error, ")}
         for e in exc.errors(include_url=False, include_input=False)
     ]
 
