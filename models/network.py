@@ -38,6 +38,18 @@ def left_to_right_padded(sequence: torch.Tensor, lengths: torch.Tensor) -> torch
     return torch.gather(sequence, 1, index)
 
 
+def last_events(
+    sequence: torch.Tensor, lengths: torch.Tensor, max_events: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``max_events`` most recent rows of ``sequence`` and their lengths
+    (int64); all of them when ``max_events`` is None or not smaller."""
+    lengths = lengths.to(torch.int64)
+    if max_events is not None and sequence.shape[1] > max_events:
+        sequence = sequence[:, -max_events:]
+        lengths = lengths.clamp(max=max_events)
+    return sequence, lengths
+
+
 class FraudNet(nn.Module):
     """Sequence encoder + static MLP -> logit. Small enough for CPU serving."""
 
@@ -114,10 +126,7 @@ class FraudNet(nn.Module):
         self, static: torch.Tensor, sequence: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
         """Fraud logits [B] of ``static`` [B, F], ``sequence`` [B, N, E], lengths."""
-        lengths = lengths.to(torch.int64)
-        if self.max_events is not None and sequence.shape[1] > self.max_events:
-            sequence = sequence[:, -self.max_events :]
-            lengths = lengths.clamp(max=self.max_events)
+        sequence, lengths = last_events(sequence, lengths, self.max_events)
         seq = self._encode_sequence(sequence, lengths)
         has = (lengths > 0).unsqueeze(1).to(static.dtype)
         joined = torch.cat([seq, self.static_mlp(static), has], dim=1)
@@ -194,10 +203,7 @@ class StackedEnsemble(nn.Module):
         self, static: torch.Tensor, sequence: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
         """Mean fraud logit [B], as ``FraudEnsemble.forward``."""
-        lengths = lengths.to(torch.int64)
-        if self.max_events is not None and sequence.shape[1] > self.max_events:
-            sequence = sequence[:, -self.max_events :]
-            lengths = lengths.clamp(max=self.max_events)
+        sequence, lengths = last_events(sequence, lengths, self.max_events)
         m, (b, n, e) = self.n_members, sequence.shape
         has = (lengths > 0).unsqueeze(1).to(static.dtype)  # [B, 1]
         if self.encoder == "none":
