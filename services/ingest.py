@@ -9,7 +9,11 @@ Contracts:
   (``SET NX``) and stores its response with a TTL. A later request for the same id
   answers the stored response (``duplicate: true``) and is not recorded again.
   A concurrent duplicate finds the claim still pending and waits (bounded) for the
-  first request's response, so a payment is never counted twice.
+  first request's response, so a payment is never counted twice. The claim and
+  the stored response carry the payment's :func:`fingerprint`: a later request
+  using the id for a different payment (customer, terminal, amount, currency or
+  time) is refused with :class:`IdReused`, as Stripe refuses an idempotency key
+  reused with other parameters.
 - The ``Ingest`` hop calls Features.lookup with ``record=True`` (the history
   *before* each payment is read, then the new payments are appended, in the same
   call, so recording cannot leak into their own scores), then Model.score (which
@@ -22,6 +26,7 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -40,7 +45,8 @@ from fraudmesh.tracing import hop, setup_tracing, shutdown_tracing
 
 logger = logging.getLogger(__name__)
 
-_PENDING = b"pending"
+_PENDING = b"pending"  # claim value prefix, followed by ":" and the fingerprint
+_FINGERPRINT_KEY = "_fingerprint"  # in a stored response, removed when answered
 # Under the features prefix, so `materialize` (which resets it) clears them too:
 # a replay after a fresh materialize scores every payment again.
 IDEMPOTENCY_PREFIX = "fm:idem:"
@@ -88,6 +94,32 @@ def validate_payments(
     return ([] if errors else payments), errors
 
 
+def fingerprint(p: Payment) -> str:
+    """What a payment id stands for: customer, terminal, amount, currency, time."""
+    text = "|".join((p.customer_id, p.terminal_id, str(p.amount_minor),
+                     p.currency, str(int(p.created.timestamp()))))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def conflicting_repeats(payments: Sequence[Payment]) -> list[int]:
+    """Indices of payments whose id an earlier one of ``payments`` has, with a
+    different fingerprint (a repeat of the same payment is fine)."""
+    first: dict[str, str] = {}
+    out = []
+    for i, p in enumerate(payments):
+        fp = fingerprint(p)
+        if first.setdefault(p.payment_id, fp) != fp:
+            out.append(i)
+    return out
+
+
+def stored_fingerprint(stored: bytes) -> str | None:
+    """The fingerprint in a claim or stored response (None: stored without)."""
+    if stored.startswith(_PENDING):
+        return stored[len(_PENDING) + 1:].decode() or None
+    return json.loads(stored).get(_FINGERPRINT_KEY)
+
+
 def validate_labels(bodies: Sequence[Any]) -> tuple[list[Label], list[dict]]:
     labels, errors = [], []
     for i, body in enumerate(bodies):
@@ -119,17 +151,18 @@ class IdempotencyStore:
         self.pending_ttl_s = pending_ttl_s
         self.wait_s = wait_s
 
-    async def claim(self, ids: Sequence[str]) -> list[bytes | None]:
-        """Per id: ``None`` when this call claimed it, else the stored value."""
+    async def claim(self, payments: Sequence[Payment]) -> list[bytes | None]:
+        """Per payment: ``None`` when this call claimed its id, else the value
+        stored there (a pending claim or a response)."""
         try:
             # SET NX GET (Redis 7+): sets when absent and answers the value that
             # was there, so a claim and the lookup of an earlier one are one
             # command per id.
             async with self._redis.pipeline(transaction=False) as pipe:
-                for pid in ids:
+                for p in payments:
                     pipe.set(
-                        IDEMPOTENCY_PREFIX + pid,
-                        _PENDING,
+                        IDEMPOTENCY_PREFIX + p.payment_id,
+                        _PENDING + b":" + fingerprint(p).encode(),
                         nx=True,
                         get=True,
                         ex=self.pending_ttl_s,
@@ -140,13 +173,15 @@ class IdempotencyStore:
                 f"idempotency claim in Redis failed ({exc}); is Redis up?"
             ) from exc
 
-    async def store(self, responses: Sequence[Mapping[str, Any]]) -> None:
+    async def store(self, responses: Sequence[Mapping[str, Any]],
+                    fingerprints: Sequence[str]) -> None:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for r in responses:
+                for r, fp in zip(responses, fingerprints, strict=True):
                     pipe.set(
                         IDEMPOTENCY_PREFIX + r["payment_id"],
-                        json.dumps(r, separators=(",", ":")),
+                        json.dumps({**r, _FINGERPRINT_KEY: fp},
+                                   separators=(",", ":")),
                         ex=self.ttl_s,
                     )
                 await pipe.execute()
@@ -168,15 +203,27 @@ class IdempotencyStore:
             value = await self._redis.get(IDEMPOTENCY_PREFIX + pid)
             if value is None:
                 return None  # the owner failed and released it
-            if value != _PENDING:
-                return json.loads(value)
+            if not value.startswith(_PENDING):
+                return _answer(value)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 0.1)
         return None
 
 
+def _answer(stored: bytes) -> dict[str, Any]:
+    """A stored response as answered again (without its fingerprint)."""
+    answer = json.loads(stored)
+    answer.pop(_FINGERPRINT_KEY, None)
+    return answer
+
+
 class PendingDuplicate(Exception):
     """A repeat of a payment id still being scored elsewhere after the wait."""
+
+
+class IdReused(Exception):
+    """Payment ids used before for a different payment; ``args[0]``: the
+    request's indices of them."""
 
 
 class Waves:
@@ -270,6 +317,11 @@ class Ingest:
             payments, errors = validate_payments(
                 bodies, prefix="payments" if batch else None
             )
+            if not errors:
+                errors = [{"field": f"payments[{i}].id",
+                           "message": "repeats an earlier payment's id with a "
+                           "different customer, terminal, amount, currency or time"}
+                          for i in conflicting_repeats(payments)]
             if errors:
                 return {"errors": errors}
             if len(payments) == 1:
@@ -283,13 +335,21 @@ class Ingest:
             unique.setdefault(p.payment_id, p)
         ids = list(unique)
         seen, answers = await self._waves.submit((list(unique.values()), h))
+        reused = {
+            pid for pid, stored in zip(ids, seen, strict=True)
+            if stored is not None
+            and stored_fingerprint(stored) not in (None, fingerprint(unique[pid]))
+        }
+        if reused:
+            raise IdReused(
+                [i for i, p in enumerate(payments) if p.payment_id in reused])
         for pid, stored in zip(ids, seen, strict=True):
             if stored is None:
                 continue
             earlier = (
                 await self._idem.wait_for(pid)
-                if stored == _PENDING
-                else json.loads(stored)
+                if stored.startswith(_PENDING)
+                else _answer(stored)
             )
             if earlier is None:
                 raise PendingDuplicate(pid)
@@ -328,7 +388,7 @@ class Ingest:
         lookup = self._features.lookup.remote(
             payments, carrier=carrier_of(list(range(len(payments)))), record=True)
         try:
-            seen = await self._idem.claim([p.payment_id for p in payments])
+            seen = await self._idem.claim(payments)
         except BaseException:
             lookup.cancel()
             raise
@@ -351,7 +411,7 @@ class Ingest:
             for i, r in zip(rows, responses, strict=True):
                 r["trace_id"] = items[owner[i]][1].trace_id
                 r["duplicate"] = False
-            self._store_later(responses)
+            self._store_later(responses, [fingerprint(p) for p in new])
         outcomes: list[tuple[list[bytes | None], dict[str, dict]]] = [
             ([], {}) for _ in items]
         for i, stored in enumerate(seen):
@@ -360,7 +420,7 @@ class Ingest:
             outcomes[owner[i]][1][r["payment_id"]] = r
         return outcomes
 
-    def _store_later(self, responses: list[dict]) -> None:
+    def _store_later(self, responses: list[dict], fingerprints: list[str]) -> None:
         """Store the answers for repeats without holding up this answer.
 
         Until the store lands, a repeat finds the claim pending and waits for
@@ -368,7 +428,7 @@ class Ingest:
         pending until its TTL, as it did when the store was awaited, and the
         failure is logged.
         """
-        task = asyncio.create_task(self._idem.store(responses))
+        task = asyncio.create_task(self._idem.store(responses, fingerprints))
         self._storing.add(task)
         task.add_done_callback(self._stored)
 

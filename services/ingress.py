@@ -49,7 +49,7 @@ from fraudmesh.tracing import (
     setup_tracing,
     shutdown_tracing,
 )
-from services.ingest import PendingDuplicate
+from services.ingest import IdReused, PendingDuplicate
 
 logger = logging.getLogger(__name__)
 
@@ -283,6 +283,13 @@ class _Contained:
 api.add_middleware(_Contained)
 
 
+def _raised(exc: BaseException) -> BaseException:
+    """The exception a deployment raised: Ray hands it on as a RayTaskError
+    that is also an instance of its class, with the original as ``cause`` (its
+    own ``args`` are Ray's)."""
+    return getattr(exc, "cause", None) or exc
+
+
 def _list_field(body: Any, name: str) -> tuple[list | None, list[dict] | None]:
     if not isinstance(body, dict) or not isinstance(body.get(name), list):
         return None, [{"field": name, "message": f"must be a list of {name}"}]
@@ -318,13 +325,27 @@ class Ingress:
                 answer = await self._ingest.score.remote(
                     bodies, batch, carrier=h.carrier
                 )
+            except IdReused as exc:
+                _metrics().invalid.labels(route).inc()
+                return JSONResponse(
+                    status_code=409,
+                    content={
+                        "error": "id_reused",
+                        "errors": [
+                            {"field": f"payments[{i}].id" if batch else "id",
+                             "message": "was used before for a different payment "
+                             "(customer, terminal, amount, currency or time)"}
+                            for i in _raised(exc).args[0]
+                        ],
+                    },
+                )
             except PendingDuplicate as exc:
                 return JSONResponse(
                     status_code=409,
                     content={
                         "error": "duplicate_in_progress",
-                        "message": f"payment {exc.args[0]} is still being scored; "
-                        "retry in a moment",
+                        "message": f"payment {_raised(exc).args[0]} is still "
+                        "being scored; retry in a moment",
                     },
                 )
             except HistoryStoreError as exc:

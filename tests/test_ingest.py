@@ -8,9 +8,13 @@ import json
 import pytest
 import redis.asyncio as aioredis
 
+from fraudmesh.schemas import Payment
 from services.ingest import (
     IdempotencyStore,
     Waves,
+    conflicting_repeats,
+    fingerprint,
+    stored_fingerprint,
     validate_labels,
     validate_payments,
 )
@@ -140,42 +144,71 @@ def test_a_lone_surrogate_id_hashes_for_its_span():
     assert len(hash_id("pi_\ud800")) == 16
 
 
+def _payment(pid: str, **overrides) -> Payment:
+    payments, errors = validate_payments([body(id=pid, **overrides)], prefix=None)
+    assert errors == []
+    return payments[0]
+
+
 @pytest.mark.integration
 async def test_idempotency_claims_once_and_answers_the_stored_response(redis_url):
     client = aioredis.Redis.from_url(redis_url)
     store = IdempotencyStore(client, wait_s=2.0)
+    a, b = _payment("pi_a"), _payment("pi_b")
     try:
         await client.delete("fm:idem:pi_a", "fm:idem:pi_b")
-        first = await store.claim(["pi_a", "pi_b"])
+        first = await store.claim([a, b])
         assert first == [None, None]
-        again = await store.claim(["pi_a"])
-        assert again == [b"pending"]
+        (again,) = await store.claim([a])
+        assert again.startswith(b"pending")
+        assert stored_fingerprint(again) == fingerprint(a)
 
         async def finish_later():
             await asyncio.sleep(0.05)
-            await store.store([{"payment_id": "pi_a", "decision": "allow"}])
+            await store.store([{"payment_id": "pi_a", "decision": "allow"}],
+                              [fingerprint(a)])
 
         waited, _ = await asyncio.gather(store.wait_for("pi_a"), finish_later())
+        # Answered without the fingerprint it is stored with.
         assert waited == {"payment_id": "pi_a", "decision": "allow"}
-        (stored,) = await store.claim(["pi_a"])
+        (stored,) = await store.claim([a])
         assert json.loads(stored)["decision"] == "allow"
+        assert stored_fingerprint(stored) == fingerprint(a)
         assert 0 < await client.ttl("fm:idem:pi_a") <= store.ttl_s
 
         await store.release(["pi_b"])
-        assert await store.claim(["pi_b"]) == [None]
+        assert await store.claim([b]) == [None]
         await store.release(["pi_b"])
         assert await store.wait_for("pi_b") is None  # released: not pending
     finally:
         await client.aclose()
 
 
+def test_a_fingerprint_is_what_the_id_stands_for():
+    a = _payment("pi_f")
+    assert fingerprint(_payment("pi_f")) == fingerprint(a)
+    for change in ({"amount": 1051}, {"currency": "usd"}, {"customer": "cus_9"},
+                   {"created": 1535529601}, {"metadata": {"terminal_id": "t_9"}}):
+        assert fingerprint(_payment("pi_f", **change)) != fingerprint(a), change
+    # A response stored before fingerprints existed is not checked.
+    assert stored_fingerprint(b'{"payment_id": "pi_f"}') is None
+    assert stored_fingerprint(b"pending") is None
+
+
+def test_a_batch_repeating_an_id_for_another_payment_names_it():
+    same, other = _payment("pi_r"), _payment("pi_r", amount=99)
+    assert conflicting_repeats([same, _payment("pi_s"), same]) == []
+    assert conflicting_repeats([same, _payment("pi_s"), other]) == [2]
+
+
 @pytest.mark.integration
 async def test_concurrent_claims_of_one_id_have_one_winner(redis_url):
     client = aioredis.Redis.from_url(redis_url)
     store = IdempotencyStore(client)
+    race = _payment("pi_race")
     try:
         await client.delete("fm:idem:pi_race")
-        results = await asyncio.gather(*(store.claim(["pi_race"]) for _ in range(20)))
+        results = await asyncio.gather(*(store.claim([race]) for _ in range(20)))
         assert sum(r == [None] for r in results) == 1
     finally:
         await client.aclose()

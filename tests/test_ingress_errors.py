@@ -72,3 +72,16 @@ def test_no_schema_page_and_no_trailing_slash_redirect():
         slash = client.post("/v1/score/", json={}, follow_redirects=False)
     assert slash.status_code == 404
     assert slash.json()["error"] == "not_found"
+
+
+def test_an_exception_from_a_deployment_is_read_from_its_cause():
+    from ray.exceptions import RayTaskError
+
+    from services.ingest import IdReused, PendingDuplicate
+
+    for raised, arg in ((PendingDuplicate("pi_x"), "pi_x"), (IdReused([2]), [2])):
+        # How a deployment's exception reaches the caller of its handle.
+        wrapped = RayTaskError("score", "Traceback ...", raised).as_instanceof_cause()
+        assert isinstance(wrapped, type(raised))
+        assert ingress._raised(wrapped).args[0] == arg
+    assert ingress._raised(IdReused([0])).args[0] == [0]

@@ -133,6 +133,33 @@ def test_a_repeat_answers_the_earlier_decision_and_counts_once(client, redis_url
     assert history_events(redis_url, body["customer"]) == 1
 
 
+def test_an_id_reused_for_another_payment_is_refused(client, redis_url):
+    body = payment()
+    assert client.post("/v1/score", json=body).status_code == 200
+    other = {**body, "amount": body["amount"] + 1}
+    r = client.post("/v1/score", json=other)
+    assert r.status_code == 409, r.text
+    assert r.json()["error"] == "id_reused"
+    assert r.json()["errors"][0]["field"] == "id"
+    # In a batch: the reused one is named; the batch's new payment is kept
+    # (scored and stored), so sending it again answers it as a repeat.
+    fresh = payment()
+    r = client.post("/v1/score/batch", json={"payments": [fresh, other]})
+    assert r.status_code == 409, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["payments[1].id"]
+    assert client.post("/v1/score", json=fresh).json()["duplicate"] is True
+    # Within one batch, before anything is scored: a 422.
+    twin = payment()
+    r = client.post("/v1/score/batch", json={"payments": [
+        twin, {**twin, "currency": "usd"}]})
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["payments[1].id"]
+    assert history_events(redis_url, twin["customer"]) == 0
+    # The same payment again is still a plain repeat.
+    assert client.post("/v1/score", json=body).json()["duplicate"] is True
+    assert history_events(redis_url, body["customer"]) == 1
+
+
 def test_concurrent_duplicates_are_scored_once(mesh_url, redis_url):
     body = payment()
 
