@@ -59,6 +59,11 @@ def haproxy_available() -> bool:
 def serve_env(state_dir: Path, *, fast: bool) -> dict[str, str]:
     """Ray Serve settings for this process tree (applied before ``ray.init``)."""
     env = {"RAY_SERVE_LOG_TO_STDERR": "0"}
+    if "PROMETHEUS_MULTIPROCESS_DIR" not in os.environ:
+        # Importing Feast makes a /tmp/feast_metrics_* dir for prometheus_client
+        # unless this names one, and removes it only at a normal exit, which a
+        # stopped replica never has: one dir per mesh instead, removed by stop().
+        env["PROMETHEUS_MULTIPROCESS_DIR"] = tempfile.mkdtemp(prefix="fmprom-")
     if fast:
         # HAProxy's unix socket paths must stay under ~97 characters, and each
         # mesh on the machine needs its own: a short private temp dir.
@@ -253,7 +258,10 @@ def start_mesh(
         valkey=valkey,
         saved_env={k: os.environ.get(k) for k in env},
         temp_dirs=[
-            Path(env[k]) for k in ("RAY_SERVE_HAPROXY_SERVER_STATE_BASE",) if k in env
+            Path(env[k])
+            for k in ("RAY_SERVE_HAPROXY_SERVER_STATE_BASE",
+                      "PROMETHEUS_MULTIPROCESS_DIR")
+            if k in env
         ],
     )
     try:

@@ -1,0 +1,39 @@
+"""orchestration.serving's settings for the Ray process tree (no Ray started)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from orchestration.serving import serve_env
+
+
+def test_a_mesh_gives_feasts_metrics_a_dir_it_removes(monkeypatch, tmp_path):
+    monkeypatch.delenv("PROMETHEUS_MULTIPROCESS_DIR", raising=False)
+    env = serve_env(tmp_path, fast=False)
+    own = Path(env["PROMETHEUS_MULTIPROCESS_DIR"])
+    pattern = "feast_metrics_*"
+    before = set(Path(tempfile.gettempdir()).glob(pattern))
+    try:
+        assert own.is_dir()
+        # A replica importing Feast under this env uses the mesh's dir and
+        # makes no /tmp/feast_metrics_* of its own (which a killed replica
+        # would leave behind).
+        got = subprocess.run(
+            [sys.executable, "-c",
+             "import os, feast.metrics; print(os.environ['PROMETHEUS_MULTIPROC_DIR'])"],
+            env={**os.environ, **env}, capture_output=True, text=True, check=True,
+        )
+        assert got.stdout.strip() == str(own)
+        assert set(Path(tempfile.gettempdir()).glob(pattern)) == before
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def test_a_dir_named_by_the_environment_is_left_alone(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROCESS_DIR", str(tmp_path))
+    assert "PROMETHEUS_MULTIPROCESS_DIR" not in serve_env(tmp_path, fast=False)
