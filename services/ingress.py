@@ -446,7 +446,7 @@ class Ingress:
             )
         return JSONResponse(answer)
 
-    @api.get("/healthz")
+    @api.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz(self):
         if time.monotonic() - self._ready_at < _HEALTH_CACHE_S:
             return JSONResponse({"status": "ok"})

@@ -217,6 +217,7 @@ def _counted(client, name: str) -> float:
 
 def test_healthz_and_metrics(client):
     assert client.get("/healthz").status_code == 200
+    assert client.head("/healthz").status_code == 200  # load balancers' probe
     scored = _counted(client, "fraudmesh_payments_total")
     repeats = _counted(client, "fraudmesh_duplicate_payments_total")
     body = payment()
