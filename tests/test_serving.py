@@ -13,7 +13,9 @@ from orchestration.serving import serve_env
 
 
 def test_a_mesh_gives_feasts_metrics_a_dir_it_removes(monkeypatch, tmp_path):
+    # As in a fresh process tree (this one may have imported Feast already).
     monkeypatch.delenv("PROMETHEUS_MULTIPROCESS_DIR", raising=False)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     env = serve_env(tmp_path, fast=False)
     own = Path(env["PROMETHEUS_MULTIPROCESS_DIR"])
     pattern = "feast_metrics_*"
