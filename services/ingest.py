@@ -113,11 +113,14 @@ def conflicting_repeats(payments: Sequence[Payment]) -> list[int]:
     return out
 
 
-def stored_fingerprint(stored: bytes) -> str | None:
-    """The fingerprint in a claim or stored response (None: stored without)."""
+def decode_stored(stored: bytes) -> tuple[str | None, dict[str, Any] | None]:
+    """A claim's value as (fingerprint, response as answered again): the
+    response is None while the claim is pending, the fingerprint None for a
+    value stored without one."""
     if stored.startswith(_PENDING):
-        return stored[len(_PENDING) + 1:].decode() or None
-    return json.loads(stored).get(_FINGERPRINT_KEY)
+        return stored[len(_PENDING) + 1:].decode() or None, None
+    answer = json.loads(stored)
+    return answer.pop(_FINGERPRINT_KEY, None), answer
 
 
 def validate_labels(bodies: Sequence[Any]) -> tuple[list[Label], list[dict]]:
@@ -203,18 +206,12 @@ class IdempotencyStore:
             value = await self._redis.get(IDEMPOTENCY_PREFIX + pid)
             if value is None:
                 return None  # the owner failed and released it
-            if not value.startswith(_PENDING):
-                return _answer(value)
+            _, answer = decode_stored(value)
+            if answer is not None:
+                return answer
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 0.1)
         return None
-
-
-def _answer(stored: bytes) -> dict[str, Any]:
-    """A stored response as answered again (without its fingerprint)."""
-    answer = json.loads(stored)
-    answer.pop(_FINGERPRINT_KEY, None)
-    return answer
 
 
 class PendingDuplicate(Exception):
@@ -335,22 +332,16 @@ class Ingest:
             unique.setdefault(p.payment_id, p)
         ids = list(unique)
         seen, answers = await self._waves.submit((list(unique.values()), h))
-        reused = {
-            pid for pid, stored in zip(ids, seen, strict=True)
-            if stored is not None
-            and stored_fingerprint(stored) not in (None, fingerprint(unique[pid]))
-        }
+        stored = {pid: decode_stored(value)
+                  for pid, value in zip(ids, seen, strict=True) if value is not None}
+        reused = {pid for pid, (fp, _) in stored.items()
+                  if fp not in (None, fingerprint(unique[pid]))}
         if reused:
             raise IdReused(
                 [i for i, p in enumerate(payments) if p.payment_id in reused])
-        for pid, stored in zip(ids, seen, strict=True):
-            if stored is None:
-                continue
-            earlier = (
-                await self._idem.wait_for(pid)
-                if stored.startswith(_PENDING)
-                else _answer(stored)
-            )
+        for pid, (_, earlier) in stored.items():
+            if earlier is None:  # still pending
+                earlier = await self._idem.wait_for(pid)
             if earlier is None:
                 raise PendingDuplicate(pid)
             answers[pid] = {**earlier, "duplicate": True}

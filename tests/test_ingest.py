@@ -13,8 +13,8 @@ from services.ingest import (
     IdempotencyStore,
     Waves,
     conflicting_repeats,
+    decode_stored,
     fingerprint,
-    stored_fingerprint,
     validate_labels,
     validate_payments,
 )
@@ -161,7 +161,7 @@ async def test_idempotency_claims_once_and_answers_the_stored_response(redis_url
         assert first == [None, None]
         (again,) = await store.claim([a])
         assert again.startswith(b"pending")
-        assert stored_fingerprint(again) == fingerprint(a)
+        assert decode_stored(again) == (fingerprint(a), None)
 
         async def finish_later():
             await asyncio.sleep(0.05)
@@ -173,7 +173,8 @@ async def test_idempotency_claims_once_and_answers_the_stored_response(redis_url
         assert waited == {"payment_id": "pi_a", "decision": "allow"}
         (stored,) = await store.claim([a])
         assert json.loads(stored)["decision"] == "allow"
-        assert stored_fingerprint(stored) == fingerprint(a)
+        assert decode_stored(stored) == (
+            fingerprint(a), {"payment_id": "pi_a", "decision": "allow"})
         assert 0 < await client.ttl("fm:idem:pi_a") <= store.ttl_s
 
         await store.release(["pi_b"])
@@ -191,8 +192,8 @@ def test_a_fingerprint_is_what_the_id_stands_for():
                    {"created": 1535529601}, {"metadata": {"terminal_id": "t_9"}}):
         assert fingerprint(_payment("pi_f", **change)) != fingerprint(a), change
     # A response stored before fingerprints existed is not checked.
-    assert stored_fingerprint(b'{"payment_id": "pi_f"}') is None
-    assert stored_fingerprint(b"pending") is None
+    assert decode_stored(b'{"payment_id": "pi_f"}') == (None, {"payment_id": "pi_f"})
+    assert decode_stored(b"pending") == (None, None)
 
 
 def test_a_batch_repeating_an_id_for_another_payment_names_it():
