@@ -9,7 +9,7 @@ Contract:
 - ``STATIC_FEATURES``: ordered names of the per-payment vector: the daily snapshot
   views (customer spending, terminal risk with the label delay), the time since
   the terminal's latest fraud known for at least the delay, the request-time
-  (on-demand) features and recency features from the behaviour history.
+  features and recency features from the behaviour history.
 - ``SEQUENCE_FEATURES``: ordered names of the per-event vector of the history.
 - ``HISTORY_LENGTH``: N, the number of past events in a sequence.
 - ``ModelInput``: one payment's model input. ``sequence`` is [N, E], most recent
@@ -424,8 +424,8 @@ def model_inputs(
     ``snapshot`` holds the snapshot-view columns ([B] each, NaN for an unknown
     entity), ``terminal_label`` the TERMINAL_LABEL_FEATURES columns of
     :func:`terminal_fraud_recency`. ``request`` holds REQUEST_FEATURES when they
-    were computed elsewhere (the Feast on-demand view online); else they are
-    computed here.
+    were computed elsewhere; else (online and offline alike) they are computed
+    here from the snapshot columns.
     """
     amount = np.asarray(amount, dtype=np.float64)
     # One nan_to_num over the stacked columns, not one per column: online this

@@ -196,9 +196,10 @@ class FeatureClient:
         amount = np.array([p.amount for p in payments], dtype=np.float64)
         snapshot = {n: online[n] for n in tf.CUSTOMER_SNAPSHOT_FEATURES
                     + tf.TERMINAL_SNAPSHOT_FEATURES}
-        request = {n: online[n] for n in tf.REQUEST_FEATURES}
+        # Request-time features from the snapshot row, as offline (see
+        # feature_repo/definitions.py for why they are not a Feast view).
         static, sequence, lengths, columns = tf.model_inputs(
-            snapshot, block, times, amount, terminal_label, request=request)
+            snapshot, block, times, amount, terminal_label)
         since_change = tf.hours_since_account_change(block, times)
         return [
             ModelInput(static=static[i], sequence=sequence[i],
@@ -279,22 +280,21 @@ class FeatureClient:
                                    if d < day])
             await self.ensure_snapshot(int(day))
             rows = np.flatnonzero(days == day)
-            got = await self._online_features([payments[i] for i in rows],
-                                              times[rows])
+            got = await self._online_features([payments[i] for i in rows])
             for name, values in got.items():
                 out.setdefault(name, np.full(len(payments), np.nan))[rows] = values
         return out
 
-    async def _online_features(self, payments: Sequence[Payment],
-                               times: np.ndarray) -> dict[str, np.ndarray]:
+    async def _online_features(self, payments: Sequence[Payment]
+                               ) -> dict[str, np.ndarray]:
         from feature_repo.definitions import online_feature_refs
 
         store = await self._feast()
-        rows = [{"customer_id": p.customer_id, "terminal_id": p.terminal_id,
-                 "tx_amount": float(p.amount), "tx_unix_s": int(t)}
-                for p, t in zip(payments, times, strict=True)]
+        # Columns rather than a dict per row: Feast converts either to columns.
+        rows = {"customer_id": [p.customer_id for p in payments],
+                "terminal_id": [p.terminal_id for p in payments]}
         try:
-            with client_span("feast.online_read", {"fraudmesh.rows": len(rows)}):
+            with client_span("feast.online_read", {"fraudmesh.rows": len(payments)}):
                 # On the event loop, not in a thread: the read is CPU work in
                 # Python (SQLite answers from a local file), so a thread would
                 # only trade it for GIL hand-offs. The lookup's Redis round trip
