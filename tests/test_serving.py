@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from orchestration.serving import serve_env
+from orchestration.serving import CONTROL_LOOP_ENV, serve_env
 
 
 def test_a_mesh_gives_feasts_metrics_a_dir_it_removes(monkeypatch, tmp_path):
@@ -39,3 +39,11 @@ def test_a_mesh_gives_feasts_metrics_a_dir_it_removes(monkeypatch, tmp_path):
 def test_a_dir_named_by_the_environment_is_left_alone(monkeypatch, tmp_path):
     monkeypatch.setenv("PROMETHEUS_MULTIPROCESS_DIR", str(tmp_path))
     assert "PROMETHEUS_MULTIPROCESS_DIR" not in serve_env(tmp_path, fast=False)
+
+
+def test_the_controller_loop_is_slowed_unless_the_environment_says(monkeypatch,
+                                                                  tmp_path):
+    monkeypatch.delenv(CONTROL_LOOP_ENV, raising=False)
+    assert serve_env(tmp_path, fast=False)[CONTROL_LOOP_ENV] == "0.5"
+    monkeypatch.setenv(CONTROL_LOOP_ENV, "0.2")
+    assert CONTROL_LOOP_ENV not in serve_env(tmp_path, fast=False)
