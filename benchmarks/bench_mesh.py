@@ -247,6 +247,10 @@ async def measure(targets: dict[str, tuple[str, Bodies]], args) -> dict:
                         url, bodies, args.batch_concurrency, piece, batch=64
                     )
                 raw[name][measure_name].append(got)
+                if measure_name == "open":
+                    lat = got["latencies_ms"]
+                    print(f"  open {name}: p50 {np.percentile(lat, 50):.1f} "
+                          f"p99 {np.percentile(lat, 99):.1f} ms", flush=True)
         order.reverse()  # whoever went first goes second next round
     return {name: summarise(parts) for name, parts in raw.items()}
 
