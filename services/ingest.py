@@ -279,7 +279,9 @@ class Waves:
 
 @serve.deployment
 class Ingest:
-    """The Ingest hop. ``score`` answers ``{"results": [...]}`` or ``{"errors"}``."""
+    """The Ingest hop. ``score`` answers ``{"results": [...]}``, or ``{"errors"}``
+    (invalid), ``{"id_reused": [indices]}`` (ids used before for other payments)
+    or ``{"pending": payment_id}`` (a repeat still being scored after the wait)."""
 
     def __init__(
         self,
@@ -324,7 +326,15 @@ class Ingest:
             if len(payments) == 1:
                 # Webhook-borne payments reach Ingest first: name them here.
                 h.tag_payment(payments[0].payment_id)
-            return {"results": await self._score_valid(payments, h)}
+            # Refusals are answers, not exceptions: an exception leaving a
+            # deployment is logged by Serve as a failed request, with its
+            # traceback, and these are the client's mistakes.
+            try:
+                return {"results": await self._score_valid(payments, h)}
+            except IdReused as exc:
+                return {"id_reused": list(exc.args[0])}
+            except PendingDuplicate as exc:
+                return {"pending": exc.args[0]}
 
     async def _score_valid(self, payments: list[Payment], h: Any) -> list[dict]:
         unique: dict[str, Payment] = {}

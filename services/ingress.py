@@ -49,7 +49,6 @@ from fraudmesh.tracing import (
     setup_tracing,
     shutdown_tracing,
 )
-from services.ingest import IdReused, PendingDuplicate
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +190,9 @@ async def _json_body(request: Request) -> tuple[Any, list[dict] | None]:
         return json.loads(raw), None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return None, [{"field": "body", "message": f"not valid JSON ({exc})"}]
+    except ValueError:  # an integer of more digits than Python converts
+        return None, [{"field": "body", "message": "holds a number too long to "
+                       "read (over 4,300 digits)"}]
     except RecursionError:
         return None, [{"field": "body", "message": "JSON nested too deeply"}]
 
@@ -283,13 +285,6 @@ class _Contained:
 api.add_middleware(_Contained)
 
 
-def _raised(exc: BaseException) -> BaseException:
-    """The exception a deployment raised: Ray hands it on as a RayTaskError
-    that is also an instance of its class, with the original as ``cause`` (its
-    own ``args`` are Ray's)."""
-    return getattr(exc, "cause", None) or exc
-
-
 def _list_field(body: Any, name: str) -> tuple[list | None, list[dict] | None]:
     if not isinstance(body, dict) or not isinstance(body.get(name), list):
         return None, [{"field": name, "message": f"must be a list of {name}"}]
@@ -325,29 +320,6 @@ class Ingress:
                 answer = await self._ingest.score.remote(
                     bodies, batch, carrier=h.carrier
                 )
-            except IdReused as exc:
-                _metrics().invalid.labels(route).inc()
-                return JSONResponse(
-                    status_code=409,
-                    content={
-                        "error": "id_reused",
-                        "errors": [
-                            {"field": f"payments[{i}].id" if batch else "id",
-                             "message": "was used before for a different payment "
-                             "(customer, terminal, amount, currency or time)"}
-                            for i in _raised(exc).args[0]
-                        ],
-                    },
-                )
-            except PendingDuplicate as exc:
-                return JSONResponse(
-                    status_code=409,
-                    content={
-                        "error": "duplicate_in_progress",
-                        "message": f"payment {_raised(exc).args[0]} is still "
-                        "being scored; retry in a moment",
-                    },
-                )
             except HistoryStoreError as exc:
                 _metrics().failed.labels(route).inc()
                 logger.warning("scoring failed: %s", exc)
@@ -355,6 +327,29 @@ class Ingress:
                     status_code=503,
                     content={"error": "unavailable", "message": str(exc)},
                 )
+        if "id_reused" in answer:
+            _metrics().invalid.labels(route).inc()
+            return JSONResponse(
+                status_code=409,
+                content={
+                    "error": "id_reused",
+                    "errors": [
+                        {"field": f"payments[{i}].id" if batch else "id",
+                         "message": "was used before for a different payment "
+                         "(customer, terminal, amount, currency or time)"}
+                        for i in answer["id_reused"]
+                    ],
+                },
+            )
+        if "pending" in answer:
+            return JSONResponse(
+                status_code=409,
+                content={
+                    "error": "duplicate_in_progress",
+                    "message": f"payment {answer['pending']} is still being "
+                    "scored; retry in a moment",
+                },
+            )
         if "errors" in answer:
             return _invalid(route, answer["errors"])
         results = answer["results"]

@@ -852,6 +852,10 @@ class HandleGraph:
         answer = await self._ingest.score.remote([body], False, carrier=self._carrier())
         if "errors" in answer:
             raise WebhookError(f"payment rejected by Ingest: {answer['errors']}")
+        if "id_reused" in answer:
+            raise WebhookError("payment id used before for a different payment")
+        if "pending" in answer:
+            raise WebhookError("payment still being scored by an earlier request")
         return answer["results"][0]
 
     async def redecide(

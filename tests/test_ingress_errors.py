@@ -74,14 +74,18 @@ def test_no_schema_page_and_no_trailing_slash_redirect():
     assert slash.json()["error"] == "not_found"
 
 
-def test_an_exception_from_a_deployment_is_read_from_its_cause():
-    from ray.exceptions import RayTaskError
+def test_a_number_too_long_to_read_is_an_error_naming_body():
+    # json.loads refuses integers of more than 4,300 digits with a ValueError
+    # that is not a JSONDecodeError; every route reads its body with _json_body.
+    @ingress.api.post("/v1/test-only-echo")
+    async def echo(request: ingress.Request):
+        body, errors = await ingress._json_body(request)
+        return {"body": body, "errors": errors}
 
-    from services.ingest import IdReused, PendingDuplicate
-
-    for raised, arg in ((PendingDuplicate("pi_x"), "pi_x"), (IdReused([2]), [2])):
-        # How a deployment's exception reaches the caller of its handle.
-        wrapped = RayTaskError("score", "Traceback ...", raised).as_instanceof_cause()
-        assert isinstance(wrapped, type(raised))
-        assert ingress._raised(wrapped).args[0] == arg
-    assert ingress._raised(IdReused([0])).args[0] == [0]
+    with TestClient(ingress.api) as client:
+        r = client.post("/v1/test-only-echo",
+                        content='{"amount": ' + "9" * 5000 + "}")
+    ingress.api.router.routes.pop()
+    assert r.status_code == 200
+    [error] = r.json()["errors"]
+    assert error["field"] == "body" and "too long" in error["message"]

@@ -200,6 +200,10 @@ def test_deep_nesting_and_huge_bodies_are_refused_not_crashed(client):
     )
     assert fields_of(r) == {"body"}
     assert "nested" in r.json()["errors"][0]["message"]
+    # More digits than Python reads into an int.
+    r = client.post("/v1/score", content='{"amount": ' + "9" * 5000 + "}",
+                    headers={"content-type": "application/json"})
+    assert fields_of(r) == {"body"}
     huge = payment(metadata={"terminal_id": "t", "pad": "x" * (5 * 1024 * 1024)})
     r = client.post("/v1/score", json=huge)
     assert r.status_code == 413, r.text
