@@ -201,10 +201,11 @@ class FeatureClient:
         static, sequence, lengths, columns = tf.model_inputs(
             snapshot, block, times, amount, terminal_label)
         since_change = tf.hours_since_account_change(block, times)
+        prior = (block.mask & (block.kind == tf.EVENT_PAYMENT)).sum(axis=1)
         return [
             ModelInput(static=static[i], sequence=sequence[i],
                        length=int(lengths[i]),
-                       context=_context(columns, i, since_change[i]))
+                       context=_context(columns, i, since_change[i], int(prior[i])))
             for i in range(len(payments))
         ]
 
@@ -547,9 +548,13 @@ def _payment_args(p: Payment) -> list:
 
 
 def _context(columns: dict[str, np.ndarray], i: int,
-             hours_since_change: float | None) -> dict[str, float | None]:
+             hours_since_change: float | None,
+             prior_payments: int) -> dict[str, float | bool | None]:
     known = columns["customer_count_30d"][i] > 0
     return {
+        # Known to the daily snapshot or to the behaviour history: a customer
+        # new to both is paying here for the first time (Policy's rule 4).
+        "first_payment": not known and prior_payments == 0,
         "customer_mean_amount_30d":
             float(columns["customer_mean_amount_30d"][i]) if known else None,
         "amount_over_usual":

@@ -17,7 +17,12 @@ Rules, in order:
    ``unusual_amount_ratio`` times the customer's usual amount is the classic
    account-takeover pattern: the risk rises by ``account_change_boost`` and is at
    least in the gray zone.
-4. risk < ``allow_below``: allow; risk >= ``block_at_or_above``: block; in between
+4. A customer's first payment (no payment in the daily snapshot's 30 days nor in
+   the behaviour history) at or above the review amount of its currency is at
+   least in the gray zone, so it goes to review: the model has no behaviour to
+   judge it by, and a large first payment is how a stolen card is cashed out
+   before anyone reports it. ``first_payment_review: false`` turns this off.
+5. risk < ``allow_below``: allow; risk >= ``block_at_or_above``: block; in between
    (the gray zone): review when the amount is large for its currency, else a
    3-D Secure challenge.
 """
@@ -69,6 +74,7 @@ class PolicyContext:
     radar_risk_score: int | None = None
     radar_risk_level: str | None = None
     contributions: Sequence[Contribution] = ()
+    first_payment: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,7 @@ class PolicyConfig:
     account_change_window_h: float = 72.0
     unusual_amount_ratio: float = 3.0
     account_change_boost: float = 0.3
+    first_payment_review: bool = True
     max_reasons: int = 4
 
     def __post_init__(self) -> None:
@@ -137,6 +144,7 @@ def decide(ctx: PolicyContext, config: PolicyConfig) -> PolicyDecision:
 
     risk = _with_radar(ctx, config, risk, signal_reasons)
     risk = _with_account_takeover(ctx, config, risk, signal_reasons)
+    risk = _with_first_payment(ctx, config, risk, signal_reasons)
     risk = min(max(risk, 0.0), 1.0)
 
     if risk < config.allow_below:
@@ -187,6 +195,20 @@ def _with_radar(
         reasons.append("Stripe Radar rates the payment's risk as elevated")
         risk = config.allow_below
     return risk
+
+
+def _with_first_payment(
+    ctx: PolicyContext, config: PolicyConfig, risk: float, reasons: list[str]
+) -> float:
+    limit = config.review_amount(ctx.currency)
+    if not (config.first_payment_review and ctx.first_payment
+            and ctx.amount >= limit and risk < config.allow_below):
+        return risk
+    reasons.append(
+        f"the customer's first payment seen here, of {ctx.amount:,.2f} "
+        f"{ctx.currency.upper()}, at or above the review limit {limit:,.2f}"
+    )
+    return config.allow_below
 
 
 def _with_account_takeover(
@@ -243,6 +265,7 @@ def contexts_for(
                 radar_risk_score=_opt_int(ctx.get("radar_risk_score")),
                 radar_risk_level=ctx.get("radar_risk_level"),
                 contributions=[Contribution(*c) for c in s.get("contributions", ())],
+                first_payment=bool(ctx.get("first_payment", False)),
             )
         )
     return out

@@ -102,3 +102,24 @@ def test_user_config_is_checked():
         PolicyConfig.from_user_config({"allow_belw": 0.1})
     with pytest.raises(ConfigError, match="allow_below"):
         PolicyConfig.from_user_config({"allow_below": 0.9, "block_at_or_above": 0.5})
+
+
+def test_a_first_payment_at_or_above_the_review_limit_goes_to_review():
+    config = PolicyConfig()
+    first = decide(ctx(0.0, amount=50_000.0, first_payment=True), config)
+    assert first.decision == Decision.REVIEW
+    assert any("first payment" in r for r in first.reasons)
+    # Below the limit, or a customer seen before: the model's score decides.
+    assert decide(ctx(0.0, amount=499.0, first_payment=True),
+                  config).decision == Decision.ALLOW
+    assert decide(ctx(0.0, amount=50_000.0), config).decision == Decision.ALLOW
+    # Per currency, like the review limit itself.
+    yen = PolicyContext(score=0.0, amount=50_000.0, currency="jpy",
+                        first_payment=True)
+    assert decide(yen, config).decision == Decision.ALLOW
+    # A risk already past the gray zone is not lowered.
+    assert decide(ctx(0.9, amount=50_000.0, first_payment=True),
+                  config).decision == Decision.BLOCK
+    off = PolicyConfig.from_user_config({"first_payment_review": False})
+    assert decide(ctx(0.0, amount=50_000.0, first_payment=True),
+                  off).decision == Decision.ALLOW
