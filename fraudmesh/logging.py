@@ -29,6 +29,7 @@ from fraudmesh import tracing
 
 __all__ = [
     "JsonFormatter",
+    "ServeLogHandler",
     "TEXT_FORMAT",
     "TraceContextFilter",
     "ensure_logging",
@@ -141,17 +142,39 @@ def setup_logging(
     return handler
 
 
+class ServeLogHandler(logging.Handler):
+    """Hands records to Ray Serve's replica logger, whose handlers write the
+    replica's log file (``logs/serve/replica_<app>_<deployment>_<id>.log``),
+    when they pass that logger's level (the app's ``logging_config``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        serve_logger = logging.getLogger("ray.serve")
+        if record.levelno >= serve_logger.getEffectiveLevel():
+            serve_logger.handle(record)
+
+
 def ensure_logging(deployment: str | None = None) -> None:
     """The trace filter on every root handler; a handler of ours when there is none.
 
-    A Ray Serve replica starts with no root handler, so the warnings of
-    ``services.*`` would be printed bare by Python's last-resort handler; here
-    they get :data:`TEXT_FORMAT` (or JSON) on stderr, which Ray writes to the
-    replica's worker log. Level from ``FRAUDMESH_LOG_LEVEL`` (default INFO).
+    In a Ray Serve replica, ``sys.stderr`` is Serve's: what is written there is
+    logged again at INFO through Serve's logger, whose level (WARNING in
+    serve_config.yaml) then drops it, so a stderr handler would lose the
+    warnings of ``services.*``. There the root logger gets a
+    :class:`ServeLogHandler` instead, and our records land in the replica's
+    log beside Serve's own. Elsewhere, a stderr handler (:func:`setup_logging`)
+    when the root has none. Level from ``FRAUDMESH_LOG_LEVEL`` (default INFO).
     """
     install_filter(deployment)
-    if not logging.getLogger().handlers:
-        level = os.environ.get("FRAUDMESH_LOG_LEVEL", "INFO").upper()
+    root = logging.getLogger()
+    level = os.environ.get("FRAUDMESH_LOG_LEVEL", "INFO").upper()
+    if tracing._replica_context() is not None:
+        if not any(isinstance(h, ServeLogHandler) for h in root.handlers):
+            handler = ServeLogHandler()
+            handler.addFilter(TraceContextFilter(deployment or _DEPLOYMENT))
+            root.addHandler(handler)
+            root.setLevel(level)
+        return
+    if not root.handlers:
         setup_logging(level, deployment=deployment)
 
 

