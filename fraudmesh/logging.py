@@ -178,11 +178,9 @@ def ensure_logging(deployment: str | None = None) -> None:
         setup_logging(level, deployment=deployment)
 
 
-# Library notices that tell someone running fraudmesh nothing: Feast calls every
-# on-demand view "experimental" on each use, and ibis warns about a DuckDB method
-# it calls itself. Anything else still shows.
+# Library notices that tell someone running fraudmesh nothing: ibis warns about a
+# DuckDB method it calls itself. Anything else still shows.
 _QUIET = (
-    (RuntimeWarning, r"On demand feature view is an experimental feature"),
     (DeprecationWarning, r"fetch_arrow_table\(\) is deprecated"),
 )
 

@@ -1,19 +1,14 @@
-"""fraudmesh.logging hides two library warnings and one Ray notice, nothing else."""
+"""fraudmesh.logging hides one library warning and one Ray notice, nothing else."""
 
 import warnings
 
 from fraudmesh.logging import quiet_library_notices
 
 
-def test_only_the_two_library_notices_are_hidden():
+def test_only_the_library_notice_is_hidden():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")  # what Feast's filters amount to
         quiet_library_notices()
-        warnings.warn(
-            "On demand feature view is an experimental feature. This API is stable",
-            RuntimeWarning,
-            stacklevel=1,
-        )
         warnings.warn(
             "fetch_arrow_table() is deprecated, use to_arrow_table() instead.",
             DeprecationWarning,
