@@ -47,6 +47,7 @@ STOP_TIMEOUT_S = 20.0
 # health checks and deploys react up to 0.4 s later. The environment overrides.
 CONTROL_LOOP_ENV = "RAY_SERVE_CONTROL_LOOP_INTERVAL_S"
 CONTROL_LOOP_INTERVAL_S = "0.5"
+LOG_BUFFER_ENV = "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"
 
 
 class MeshStartError(FraudmeshError):
@@ -81,6 +82,11 @@ def serve_env(state_dir: Path, *, fast: bool) -> dict[str, str]:
             {
                 "RAY_SERVE_ENABLE_HA_PROXY": "1",
                 "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                # That mode buffers 1,000 log records per replica, written when
+                # full or at an ERROR and never at a stop: a replica's warnings
+                # would not appear at all. Access logs are off and replicas log
+                # warnings only, so an unbuffered log costs nothing per request.
+                LOG_BUFFER_ENV: os.environ.get(LOG_BUFFER_ENV, "1"),
                 "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
                 "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
                 "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from orchestration.serving import CONTROL_LOOP_ENV, serve_env
+from orchestration.serving import CONTROL_LOOP_ENV, LOG_BUFFER_ENV, serve_env
 
 
 def test_a_mesh_gives_feasts_metrics_a_dir_it_removes(monkeypatch, tmp_path):
@@ -41,9 +41,27 @@ def test_a_dir_named_by_the_environment_is_left_alone(monkeypatch, tmp_path):
     assert "PROMETHEUS_MULTIPROCESS_DIR" not in serve_env(tmp_path, fast=False)
 
 
+def _settings(tmp_path, fast: bool) -> dict[str, str]:
+    """serve_env's settings, its private temp dirs removed again."""
+    env = serve_env(tmp_path, fast=fast)
+    for key in ("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "PROMETHEUS_MULTIPROCESS_DIR"):
+        if key in env:
+            shutil.rmtree(env[key], ignore_errors=True)
+    return env
+
+
 def test_the_controller_loop_is_slowed_unless_the_environment_says(monkeypatch,
                                                                   tmp_path):
     monkeypatch.delenv(CONTROL_LOOP_ENV, raising=False)
-    assert serve_env(tmp_path, fast=False)[CONTROL_LOOP_ENV] == "0.5"
+    assert _settings(tmp_path, fast=False)[CONTROL_LOOP_ENV] == "0.5"
     monkeypatch.setenv(CONTROL_LOOP_ENV, "0.2")
-    assert CONTROL_LOOP_ENV not in serve_env(tmp_path, fast=False)
+    assert CONTROL_LOOP_ENV not in _settings(tmp_path, fast=False)
+
+
+def test_fast_serving_keeps_replica_logs_unbuffered(monkeypatch, tmp_path):
+    # Ray's throughput-optimised mode buffers 1,000 records per replica and
+    # never writes them at a stop: a replica's warnings would be lost.
+    monkeypatch.delenv(LOG_BUFFER_ENV, raising=False)
+    assert _settings(tmp_path, fast=True)[LOG_BUFFER_ENV] == "1"
+    monkeypatch.setenv(LOG_BUFFER_ENV, "50")
+    assert _settings(tmp_path, fast=True)[LOG_BUFFER_ENV] == "50"

@@ -17,6 +17,7 @@ files are per machine, and several engineers' test runs share this one.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,9 +38,14 @@ def mesh_state_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def mesh_env(mesh_state_dir: Path, localstripe, otlp_receiver) -> dict[str, str]:
     """Environment variables every replica inherits (set before ``ray.init``)."""
+    from orchestration.serving import haproxy_available, serve_env
     from tests.stripe_signing import OLD_SECRET, SECRET
 
     return {
+        # Serve's settings as `fraudmesh serve` has them (HAProxy ingress,
+        # throughput-optimised mode, its log settings), so replicas run here as
+        # they do there.
+        **serve_env(mesh_state_dir, fast=haproxy_available()),
         "FRAUDMESH_STATE_DIR": str(mesh_state_dir),
         "REDIS_URL": TEST_REDIS_URL,
         "FRAUDMESH_TORCH_THREADS": "1",
@@ -81,6 +87,10 @@ def ray_serve(mesh_env: dict[str, str]) -> Iterator[str]:
     finally:
         serve.shutdown()
         ray.shutdown()
+        for key in ("RAY_SERVE_HAPROXY_SERVER_STATE_BASE",
+                    "PROMETHEUS_MULTIPROCESS_DIR"):
+            if key in mesh_env:  # serve_env's private temp dirs
+                shutil.rmtree(mesh_env[key], ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
