@@ -220,7 +220,8 @@ class PendingDuplicate(Exception):
 
 class IdReused(Exception):
     """Payment ids used before for a different payment; ``args[0]``: the
-    request's indices of them."""
+    request's indices of them, ``args[1]``: the request's answers (None at
+    those indices)."""
 
 
 class Waves:
@@ -280,7 +281,8 @@ class Waves:
 @serve.deployment
 class Ingest:
     """The Ingest hop. ``score`` answers ``{"results": [...]}``, or ``{"errors"}``
-    (invalid), ``{"id_reused": [indices]}`` (ids used before for other payments)
+    (invalid), ``{"id_reused": [indices], "results": [...]}`` (ids used before
+    for other payments; the others' answers, None at those indices)
     or ``{"pending": payment_id}`` (a repeat still being scored after the wait)."""
 
     def __init__(
@@ -332,7 +334,7 @@ class Ingest:
             try:
                 return {"results": await self._score_valid(payments, h)}
             except IdReused as exc:
-                return {"id_reused": list(exc.args[0])}
+                return {"id_reused": list(exc.args[0]), "results": exc.args[1]}
             except PendingDuplicate as exc:
                 return {"pending": exc.args[0]}
 
@@ -346,23 +348,31 @@ class Ingest:
                   for pid, value in zip(ids, seen, strict=True) if value is not None}
         reused = {pid for pid, (fp, _) in stored.items()
                   if fp not in (None, fingerprint(unique[pid]))}
-        if reused:
-            raise IdReused(
-                [i for i, p in enumerate(payments) if p.payment_id in reused])
         for pid, (_, earlier) in stored.items():
+            if pid in reused:
+                continue
             if earlier is None:  # still pending
                 earlier = await self._idem.wait_for(pid)
             if earlier is None:
                 raise PendingDuplicate(pid)
             answers[pid] = {**earlier, "duplicate": True}
 
-        out, first = [], set()
+        out: list[dict | None] = []
+        first: set[str] = set()
         for p in payments:
+            if p.payment_id in reused:
+                out.append(None)
+                continue
             answer = answers[p.payment_id]
             if p.payment_id in first:
                 answer = {**answer, "duplicate": True}
             first.add(p.payment_id)
             out.append(answer)
+        if reused:
+            # The request's other payments were scored and kept: their answers
+            # go back with the refusal, so the caller need not send them again.
+            raise IdReused(
+                [i for i, p in enumerate(payments) if p.payment_id in reused], out)
         return out
 
     async def _score_wave(

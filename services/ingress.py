@@ -299,6 +299,16 @@ def _list_field(body: Any, name: str) -> tuple[list | None, list[dict] | None]:
     return items, None
 
 
+def _count(results) -> None:
+    """Payments scored, by decision; repeats on their own counter."""
+    metrics = _metrics()
+    for r in results:
+        if r.get("duplicate"):
+            metrics.duplicates.inc()
+        else:
+            metrics.payments.labels(r["decision"]).inc()
+
+
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
@@ -336,18 +346,19 @@ class Ingress:
                 )
         if "id_reused" in answer:
             _metrics().invalid.labels(route).inc()
-            return JSONResponse(
-                status_code=409,
-                content={
-                    "error": "id_reused",
-                    "errors": [
-                        {"field": f"payments[{i}].id" if batch else "id",
-                         "message": "was used before for a different payment "
-                         "(customer, terminal, amount, currency or time)"}
-                        for i in answer["id_reused"]
-                    ],
-                },
-            )
+            content = {
+                "error": "id_reused",
+                "errors": [
+                    {"field": f"payments[{i}].id" if batch else "id",
+                     "message": "was used before for a different payment "
+                     "(customer, terminal, amount, currency or time)"}
+                    for i in answer["id_reused"]
+                ],
+            }
+            if batch:  # the batch's other payments were scored: their answers
+                content["results"] = answer["results"]
+                _count(r for r in answer["results"] if r is not None)
+            return JSONResponse(status_code=409, content=content)
         if "pending" in answer:
             return JSONResponse(
                 status_code=409,
@@ -360,13 +371,8 @@ class Ingress:
         if "errors" in answer:
             return _invalid(route, answer["errors"])
         results = answer["results"]
-        metrics = _metrics()
-        for r in results:
-            if r.get("duplicate"):
-                metrics.duplicates.inc()
-            else:
-                metrics.payments.labels(r["decision"]).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        _count(results)
+        _metrics().latency.labels(route).observe(time.perf_counter() - started)
         return JSONResponse(results[0] if not batch else {"results": results})
 
     @api.post("/v1/score")

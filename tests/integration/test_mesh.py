@@ -148,12 +148,18 @@ def test_an_id_reused_for_another_payment_is_refused(client, redis_url):
     assert r.json()["error"] == "id_reused"
     assert r.json()["errors"][0]["field"] == "id"
     # In a batch: the reused one is named; the batch's new payment is kept
-    # (scored and stored), so sending it again answers it as a repeat.
+    # (scored and stored) and its answer comes with the refusal, so sending it
+    # again answers it as a repeat with the same decision.
     fresh = payment()
     r = client.post("/v1/score/batch", json={"payments": [fresh, other]})
     assert r.status_code == 409, r.text
     assert [e["field"] for e in r.json()["errors"]] == ["payments[1].id"]
-    assert client.post("/v1/score", json=fresh).json()["duplicate"] is True
+    kept, refused = r.json()["results"]
+    assert refused is None
+    assert kept["payment_id"] == fresh["id"] and kept["duplicate"] is False
+    again = client.post("/v1/score", json=fresh).json()
+    assert again["duplicate"] is True
+    assert again["decision"] == kept["decision"]
     # Within one batch, before anything is scored: a 422.
     twin = payment()
     r = client.post("/v1/score/batch", json={"payments": [
