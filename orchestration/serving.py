@@ -102,6 +102,12 @@ def serve_env(state_dir: Path, *, fast: bool) -> dict[str, str]:
     return env
 
 
+def private_dirs(env: dict[str, str]) -> list[Path]:
+    """The temp dirs :func:`serve_env` made for one mesh (to remove at its end)."""
+    return [Path(env[k]) for k in ("RAY_SERVE_HAPROXY_SERVER_STATE_BASE",
+                                   "PROMETHEUS_MULTIPROCESS_DIR") if k in env]
+
+
 @dataclass
 class Mesh:
     """A running mesh: Ray, Serve, the app and (maybe) an embedded Valkey."""
@@ -310,12 +316,7 @@ def start_mesh(
         state_dir=state_dir,
         valkey=valkey,
         saved_env={k: os.environ.get(k) for k in env},
-        temp_dirs=[
-            Path(env[k])
-            for k in ("RAY_SERVE_HAPROXY_SERVER_STATE_BASE",
-                      "PROMETHEUS_MULTIPROCESS_DIR")
-            if k in env
-        ],
+        temp_dirs=private_dirs(env),
     )
     try:
         start_ray(env)

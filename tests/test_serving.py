@@ -9,7 +9,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from orchestration.serving import CONTROL_LOOP_ENV, LOG_BUFFER_ENV, serve_env
+from orchestration.serving import (
+    CONTROL_LOOP_ENV,
+    LOG_BUFFER_ENV,
+    private_dirs,
+    serve_env,
+)
 
 
 def test_a_mesh_gives_feasts_metrics_a_dir_it_removes(monkeypatch, tmp_path):
@@ -44,9 +49,8 @@ def test_a_dir_named_by_the_environment_is_left_alone(monkeypatch, tmp_path):
 def _settings(tmp_path, fast: bool) -> dict[str, str]:
     """serve_env's settings, its private temp dirs removed again."""
     env = serve_env(tmp_path, fast=fast)
-    for key in ("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "PROMETHEUS_MULTIPROCESS_DIR"):
-        if key in env:
-            shutil.rmtree(env[key], ignore_errors=True)
+    for path in private_dirs(env):
+        shutil.rmtree(path, ignore_errors=True)
     return env
 
 

@@ -69,7 +69,7 @@ def ray_serve(mesh_env: dict[str, str]) -> Iterator[str]:
     from ray import serve
 
     from fraudmesh.config import get_settings
-    from orchestration.serving import free_port
+    from orchestration.serving import free_port, private_dirs
 
     saved = {k: os.environ.get(k) for k in mesh_env}
     os.environ.update(mesh_env)
@@ -87,10 +87,8 @@ def ray_serve(mesh_env: dict[str, str]) -> Iterator[str]:
     finally:
         serve.shutdown()
         ray.shutdown()
-        for key in ("RAY_SERVE_HAPROXY_SERVER_STATE_BASE",
-                    "PROMETHEUS_MULTIPROCESS_DIR"):
-            if key in mesh_env:  # serve_env's private temp dirs
-                shutil.rmtree(mesh_env[key], ignore_errors=True)
+        for path in private_dirs(mesh_env):  # serve_env's temp dirs
+            shutil.rmtree(path, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

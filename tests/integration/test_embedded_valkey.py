@@ -43,3 +43,11 @@ def test_a_second_mesh_on_the_same_state_dir_is_refused(tmp_path):
         server.stop(timeout=5.0)
     server, _ = start_valkey(tmp_path)  # free again once the first stopped
     server.stop(timeout=5.0)
+
+
+def test_stopping_a_valkey_that_already_died_frees_the_state_dir(tmp_path):
+    server, _ = start_valkey(tmp_path)
+    server._server.stop(timeout=5.0)  # as if it had died under the mesh
+    server.stop(timeout=5.0)  # a warning, not an error
+    server, _ = start_valkey(tmp_path)  # the lock was released
+    server.stop(timeout=5.0)
